@@ -1,0 +1,54 @@
+# Hangar — every task has a target; `make help` lists them.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+
+help: ## list every task
+	@grep -hE '^[a-zA-Z0-9_.-]+:.*?## ' $(MAKEFILE_LIST) | sort | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml requirements.lock generated/sdk/pyproject.toml generated/cli/pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . -e generated/sdk -e generated/cli
+	@touch $@
+
+install: $(STAMP) ## create .venv and install everything from the project's own files
+
+generate: $(STAMP) ## regenerate generated/ from specs (incremental)
+	$(BIN)/python codegen.py generate
+
+lint-specs: $(STAMP) ## Spectral over the OpenAPI and AsyncAPI specs (zero errors)
+	$(BIN)/python codegen.py lint
+
+check: $(STAMP) ## drift, handler coverage and the coverage table
+	$(BIN)/python codegen.py check
+
+lint: $(STAMP) lint-specs ## specs, ruff, import-linter, mypy
+	$(BIN)/ruff check hangar handlers pipeline tests bench codegen.py
+	$(BIN)/ruff format --check hangar handlers pipeline tests bench codegen.py
+	$(BIN)/lint-imports
+	$(BIN)/mypy hangar handlers pipeline codegen.py
+
+migrate: $(STAMP) ## apply alembic migrations to HANGAR_DATABASE_URL (default .hangar/hangar.db)
+	$(BIN)/alembic upgrade head
+
+run: $(STAMP) generate migrate ## the platform on embedded defaults at http://127.0.0.1:8080
+	$(BIN)/hangar-server
+
+worker: $(STAMP) ## outbox relay and consumers (needs HANGAR_BROKER_URL for a separate process to matter)
+	$(BIN)/hangar-worker
+
+test: $(STAMP) ## the whole suite: lint, codegen check, unit, integration (SQLite + PostgreSQL), contract, CLI
+	bash scripts/test.sh
+
+bench: $(STAMP) ## benchmarks (by hand; prints figures)
+	bash bench/run_all.sh
+
+clean: ## remove .hangar/ state and caches (keeps .venv)
+	rm -rf .hangar .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: help install generate lint-specs check lint migrate run worker test bench clean

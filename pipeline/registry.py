@@ -1,0 +1,14 @@
+"""Every generation stage, in the order codegen.py runs them (dependencies via `after`)."""
+
+from __future__ import annotations
+
+from pipeline import bundle_stage
+from pipeline.stages import Stage, order
+
+
+def all_stages() -> list[Stage]:
+    stages: list[Stage] = [
+        bundle_stage.OPENAPI,
+        bundle_stage.ASYNCAPI,
+    ]
+    return order(stages)
