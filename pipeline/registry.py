@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline import bundle_stage
+from pipeline import bundle_stage, models, routing
 from pipeline.stages import Stage, order
 
 
@@ -10,5 +10,7 @@ def all_stages() -> list[Stage]:
     stages: list[Stage] = [
         bundle_stage.OPENAPI,
         bundle_stage.ASYNCAPI,
+        models.STAGE,
+        routing.STAGE,
     ]
     return order(stages)
