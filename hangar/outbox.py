@@ -29,6 +29,10 @@ class OutboxEvent(Base):
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Set by the relay (hangar.relay): a payload that breaks its AsyncAPI schema is never
+    # published (failed_at); a publish that failed waits for next_attempt_at (backoff).
+    failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     __table_args__ = (Index("ix_outbox_events_unpublished", "published_at", "seq"),)
 
