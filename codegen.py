@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import filecmp
-import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from pipeline.registry import all_stages
-from pipeline.stages import ROOT, STAMPS, read_stamps, stamp, write_stamps
+from pipeline.stages import ROOT, read_stamps, stamp, write_stamps
 
 GENERATED = ROOT / "generated"
 
@@ -107,14 +106,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return lint()
     if args.command == "check":
+        from pipeline.check import check_handlers, coverage_table
+
         failures: list[str] = [] if args.no_drift else check_drift()
-        try:
-            from pipeline.check import check_handlers, coverage_table
-        except ImportError:  # the handler check lands with the routing stage
-            check_handlers = None
-        if check_handlers is not None:
-            failures += check_handlers()
-            print(coverage_table())
+        failures += check_handlers()
+        print(coverage_table())
         for line in failures:
             print(f"codegen check: {line}", file=sys.stderr)
         if failures:

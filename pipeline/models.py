@@ -15,16 +15,20 @@ from __future__ import annotations
 
 import json
 import warnings
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from pipeline.stages import HEADER, ROOT, Stage, write_text
 
-DMCG_VERSION = "0.89.0"
 # Ruff runs with this directory as its working directory, so the formatting of generated
 # code depends on this ruff.toml (and the pinned ruff) only, not on the project's settings.
-RUFF_VERSION = "0.17.5"
 RUFF_SETTINGS = ROOT / "templates" / "ruff"
+
+
+def tool_versions(*distributions: str) -> str:
+    """A stage salt: regenerate when a tool that shapes the output is upgraded."""
+    return " ".join(f"{name}=={metadata.version(name)}" for name in distributions)
 
 
 def _options() -> dict[str, Any]:
@@ -90,6 +94,6 @@ STAGE = Stage(
     inputs=("generated/openapi.json", "pipeline/models.py", "templates/ruff/ruff.toml"),
     outputs=("models.py",),
     run=run,
-    salt=f"datamodel-code-generator=={DMCG_VERSION} ruff=={RUFF_VERSION}",
+    salt=tool_versions("datamodel-code-generator", "pydantic", "ruff"),
     after=("openapi-bundle",),
 )

@@ -22,6 +22,7 @@ from typing import Any
 
 import inflection
 
+from pipeline.models import tool_versions
 from pipeline.stages import ROOT, Stage, header, write_text
 
 TEMPLATES = ROOT / "templates"
@@ -62,7 +63,6 @@ class OperationSpec:
     idempotent: bool
     success_status: int
     request_model: str | None  # class name in generated.models
-    request_required: bool
     response_model: str | None
     params: tuple[ParamSpec, ...]
     emits: tuple[str, ...]
@@ -77,7 +77,7 @@ class OperationSpec:
         """The endpoint's keyword parameters as connexion passes them (untyped: raw input)."""
         parts = [f"{p.arg}: Any" + (f" = {p.default}" if p.default is not None else "") for p in self.params]
         if self.request_model:
-            parts.append("body: Any" + ("" if self.request_required else " = None"))
+            parts.append("body: Any")
         # Required parameters first: a spec default on an earlier query parameter must not
         # make a later path parameter a syntax error.
         return ", ".join(sorted(parts, key=lambda part: "=" in part))
@@ -161,7 +161,7 @@ class _Parser:
             context = "unknown"
         public, scopes = self.security(raw, where)
         status, response_model = self.response(raw, where)
-        request_model, request_required = self.request(raw, where)
+        request_model = self.request(raw, where)
         params = self.params(item.get("parameters", []), raw.get("parameters", []), where)
         cli = raw.get("x-cli", {})
         emits = raw.get("x-emits", [])
@@ -178,7 +178,6 @@ class _Parser:
             idempotent=bool(raw.get("x-idempotency", False)),
             success_status=status,
             request_model=request_model,
-            request_required=request_required,
             response_model=response_model,
             params=params,
             emits=tuple(emits),
@@ -228,15 +227,19 @@ class _Parser:
             return int(ok[0]), None
         return int(ok[0]), self.model_ref(content["application/json"], f"{where} response {ok[0]}")
 
-    def request(self, raw: dict[str, Any], where: str) -> tuple[str | None, bool]:
+    def request(self, raw: dict[str, Any], where: str) -> str | None:
         if "requestBody" not in raw:
-            return None, False
+            return None
         body = self.deref(raw["requestBody"])
         content = body.get("content") or {}
         if list(content) != ["application/json"]:
             self.problem(where, f"request body must be application/json only, has {sorted(content)}")
-            return None, False
-        return self.model_ref(content["application/json"], f"{where} request body"), bool(body.get("required"))
+            return None
+        if not body.get("required"):
+            # Hangar bodies are always required: one handler signature per operation, and
+            # `body: Model` never has to be checked for None.
+            self.problem(where, "request body must be `required: true`")
+        return self.model_ref(content["application/json"], f"{where} request body")
 
     def params(self, shared: list[Any], own: list[Any], where: str) -> tuple[ParamSpec, ...]:
         merged: dict[tuple[str, str], dict[str, Any]] = {}
@@ -372,5 +375,6 @@ STAGE = Stage(
     ),
     outputs=("routing.py", "__init__.py"),
     run=run,
+    salt=tool_versions("jinja2", "inflection", "ruff"),
     after=("openapi-bundle", "models"),
 )
