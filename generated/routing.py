@@ -2,9 +2,9 @@
 """The operation registry and one typed adapter per operation, from generated/openapi.json.
 
 The contract is docs/architecture.md. `bind(handlers, invoke)` returns {operationId: endpoint}
-for connexion; each endpoint takes connexion's keyword arguments (path/query parameters,
-`body`), converts them to the types the handler declares, validates the body into its
-request model, and calls `invoke(op, call, body)`; `call(ctx)` converts, validates, runs the handler and
+for connexion. Each endpoint takes connexion's keyword arguments (path/query parameters,
+`body`) and calls `invoke(op, call, body)`; `call(ctx)` converts the parameters to the types
+the handler declares, validates the body into the request model, runs the handler and
 serializes what it returns. Conversion and validation happen inside `call`, after the
 runtime has authenticated the caller: an anonymous request is a 401 before it is a 400.
 This module imports no hand-written code: handlers are named by dotted strings only.

@@ -31,7 +31,9 @@ def _operations() -> Mapping[str, Any]:
     return OPERATIONS
 
 
-def check_handlers(operations: Mapping[str, Any] | None = None, extra_modules: Iterable[str] | None = None) -> list[str]:
+def check_handlers(
+    operations: Mapping[str, Any] | None = None, extra_modules: Iterable[str] | None = None
+) -> list[str]:
     """One line per problem, each starting with the operationId it concerns."""
     ops = _operations() if operations is None else operations
     modules = operation_modules() if extra_modules is None else extra_modules
@@ -85,7 +87,8 @@ def coverage_rows(
             handler = "MISSING"
         module = sdk_module(op.tag, op_id, sdk_api)
         sdk = f"{module.parent.name}.{module.stem}" if module.is_file() else "missing"
-        cli = commands.get(op_id) if isinstance(commands.get(op_id), str) else "missing"
+        command = commands.get(op_id)
+        cli = command if isinstance(command, str) else "missing"
         rows.append((op_id, handler, _contract_cell(coverage, op_id), sdk, cli))
     return rows
 

@@ -30,6 +30,19 @@ RUFF_SETTINGS = TEMPLATES / "ruff"
 METHODS = ("get", "post", "put", "patch", "delete", "head", "options", "trace")
 
 
+# (type, format) of a parameter schema → (annotation, converter in generated/routing.py).
+# An unknown format falls back to its type's entry (format: int32 → int).
+_PARAM_TYPES: dict[tuple[str, str | None], tuple[str, str]] = {
+    ("string", "uuid"): ("uuid.UUID", "_uuid"),
+    ("string", "date-time"): ("datetime.datetime", "_datetime"),
+    ("string", "date"): ("datetime.date", "_date"),
+    ("integer", None): ("int", "_int"),
+    ("number", None): ("float", "_float"),
+    ("boolean", None): ("bool", "_bool"),
+    ("string", None): ("str", "_str"),
+}
+
+
 class RoutingSpecError(Exception):
     """The document cannot be turned into routing; one line per problem, each located."""
 
@@ -288,16 +301,7 @@ class _Parser:
         if kind == "array":
             inner = self.scalar(schema.get("items", {}), where)
             return None if inner is None else (f"list[{inner[0]}]", f"_list({inner[1]})")
-        table = {
-            ("string", "uuid"): ("uuid.UUID", "_uuid"),
-            ("string", "date-time"): ("datetime.datetime", "_datetime"),
-            ("string", "date"): ("datetime.date", "_date"),
-            ("integer", None): ("int", "_int"),
-            ("number", None): ("float", "_float"),
-            ("boolean", None): ("bool", "_bool"),
-            ("string", None): ("str", "_str"),
-        }
-        found = table.get((kind, fmt)) or table.get((kind, None))
+        found = _PARAM_TYPES.get((str(kind), fmt)) or _PARAM_TYPES.get((str(kind), None))
         if found is None:
             self.problem(where, f"unsupported parameter type {kind!r} (format {fmt!r})")
         return found
@@ -348,9 +352,12 @@ def ruff_format(source: str) -> str:
     return done.stdout.decode()
 
 
-def render_routing(spec: dict[str, Any], models_source: str, template: str = "routing.py.j2") -> str:
+def render_routing(spec: dict[str, Any], models_source: str, package: str = "generated") -> str:
+    """routing.py for a bundled document; `package` holds the sibling models module (tests
+    render a fixture spec into a package of their own)."""
     operations = parse(spec, model_names(models_source))
-    text = _environment().get_template(template).render(header=header().rstrip("\n"), operations=operations)
+    template = _environment().get_template("routing.py.j2")
+    text = template.render(header=header().rstrip("\n"), operations=operations, package=package)
     return ruff_format(text)
 
 
