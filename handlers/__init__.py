@@ -1,0 +1,1 @@
+"""Hand-written code: one package per bounded context (see docs/architecture.md)."""

@@ -1,0 +1,189 @@
+"""Fixtures for Identity & Access tests that need a database.
+
+The database is built the way production builds it — `alembic upgrade head` — once per
+session: an SQLite file by default, or, when HANGAR_TEST_DATABASE_URL points at PostgreSQL, a
+fresh throwaway database created next to it (so parallel runs never share tables). Each test
+runs inside a transaction that is rolled back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic import command
+from alembic.config import Config
+from argon2 import PasswordHasher, profiles
+from jsonschema import Draft202012Validator, FormatChecker
+from sqlalchemy import create_engine, make_url, select, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from handlers.identity import passwords, published, services
+from hangar.context import Principal, RequestContext
+from hangar.db import make_engine
+from hangar.outbox import OutboxEvent
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(autouse=True)
+def cheap_password_hashing() -> Iterator[None]:
+    # The default argon2 parameters cost ~0.1 s a hash; the tests hash hundreds of times.
+    previous = passwords.use_hasher(PasswordHasher.from_parameters(profiles.CHEAPEST))
+    yield
+    passwords.use_hasher(previous)
+
+
+def migrate(url: str) -> None:
+    cfg = Config(str(ROOT / "alembic.ini"))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    command.upgrade(cfg, "head")
+
+
+@pytest.fixture(scope="session")
+def identity_db_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    base = os.environ.get("HANGAR_TEST_DATABASE_URL", "")
+    if not base.startswith("postgresql"):
+        url = f"sqlite:///{tmp_path_factory.mktemp('identity-db') / 'test.db'}"
+        migrate(url)
+        yield url
+        return
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    name = f"hangar_identity_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as exc:
+        pytest.skip(f"PostgreSQL at {base} is not reachable: {exc}")
+    url = make_url(base).set(database=name).render_as_string(hide_password=False)
+    try:
+        migrate(url)
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def identity_engine(identity_db_url: str) -> Iterator[Engine]:
+    engine = make_engine(identity_db_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def session(identity_engine: Engine) -> Iterator[Session]:
+    with identity_engine.connect() as connection:
+        outer = connection.begin()
+        db = Session(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
+        try:
+            yield db
+        finally:
+            db.close()
+            outer.rollback()
+
+
+class World:
+    """Signs organizations up and builds request contexts the way the runtime does: from a
+    key's secret, through the published authenticate()."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def anonymous(self, now: datetime | None = None) -> RequestContext:
+        ctx = RequestContext(request_id="req_test", session=self.session)
+        if now is not None:
+            ctx.now = now
+        return ctx
+
+    def signup(self, email: str | None = None, organization: str = "Acme") -> services.SignupResult:
+        email = email or f"owner-{uuid.uuid4().hex[:8]}@example.com"
+        result = services.sign_up(
+            self.anonymous(), email=email, password="correct-horse-battery", organization_name=organization, name=None
+        )
+        self.session.flush()
+        return result
+
+    def principal(self, secret: str, now: datetime | None = None) -> Principal:
+        ctx = self.anonymous(now)
+        principal = published.authenticate(self.session, secret, ctx.now)
+        assert principal is not None, "the key did not authenticate"
+        return principal
+
+    def ctx(self, secret: str, now: datetime | None = None) -> RequestContext:
+        ctx = self.anonymous(now)
+        ctx.principal = self.principal(secret, ctx.now)
+        return ctx
+
+    def member_with_key(
+        self, owner_secret: str, role: str, scopes: list[str] | None = None
+    ) -> tuple[services.Member, str]:
+        """Invite someone with `role`, and give them a key (as the runtime cannot: invited
+        people have no key until they sign up, so this writes one through the service)."""
+        owner = self.ctx(owner_secret)
+        member = services.invite_member(
+            owner, owner.caller.organization_id, email=f"{role}-{uuid.uuid4().hex[:6]}@example.com", role=role
+        )
+        self.session.flush()
+        as_member = self.anonymous()
+        from handlers.identity import policy
+
+        as_member.principal = Principal(
+            organization_id=member.membership.organization_id,
+            user_id=member.user.id,
+            api_key_id=uuid.uuid4(),
+            role=role,
+            scopes=policy.caps(role),
+        )
+        created = services.create_api_key(
+            as_member, name=f"{role} key", scopes=scopes or sorted(policy.caps(role)), expires_at=None
+        )
+        self.session.flush()
+        return member, created.secret
+
+    def events(self, event_type: str | None = None) -> list[dict[str, Any]]:
+        self.session.flush()
+        query = select(OutboxEvent).order_by(OutboxEvent.seq)
+        if event_type:
+            query = query.where(OutboxEvent.type == event_type)
+        return [row.payload for row in self.session.scalars(query)]
+
+
+@pytest.fixture
+def world(session: Session) -> World:
+    return World(session)
+
+
+def _date_time_checker() -> FormatChecker:
+    checker = FormatChecker()
+
+    @checker.checks("date-time", raises=ValueError)
+    def is_date_time(value: object) -> bool:
+        # RFC 3339 demands an offset; fromisoformat alone would accept a naive time.
+        return not isinstance(value, str) or datetime.fromisoformat(value).tzinfo is not None
+
+    return checker
+
+
+@pytest.fixture(scope="session")
+def event_validator() -> Callable[[dict[str, Any]], None]:
+    """validate(envelope): raises unless it matches its AsyncAPI message schema exactly."""
+    doc = json.loads((ROOT / "generated" / "asyncapi.json").read_text())
+    schema_by_type = {m["name"]: m["payload"]["$ref"] for m in doc["components"]["messages"].values()}
+    checker = _date_time_checker()
+
+    def validate(envelope: dict[str, Any]) -> None:
+        ref = schema_by_type[envelope["type"]]  # KeyError: an event type the contract lacks
+        schema = {"$ref": ref, "components": doc["components"]}
+        Draft202012Validator(schema, format_checker=checker).validate(envelope)
+
+    return validate
