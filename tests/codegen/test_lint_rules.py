@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline import lint as lint_module
 from pipeline.lint import ASYNCAPI, OPENAPI, Finding, check_emits, format_findings, run_spectral
@@ -183,3 +184,12 @@ def test_install_is_stamped_and_runs_once(tooling: NodeTooling) -> None:
     again = ensure_installed(log=False)
     assert again == tooling and STAMP.stat().st_mtime_ns == before
     assert (tooling.node_modules / "@stoplight" / "spectral-owasp-ruleset").is_dir()
+
+
+def test_declared_scopes_match_the_scope_enum() -> None:
+    # hangar-security-scopes checks operations against the bearer scheme's x-scopes; the API's
+    # `Scope` enum (what a key can be created with) must offer exactly the same scopes.
+    specs = OPENAPI.spec.parent
+    scheme = yaml.safe_load((specs / "common.yaml").read_text())["components"]["securitySchemes"]["apiKey"]
+    scope_enum = yaml.safe_load((specs / "identity.yaml").read_text())["components"]["schemas"]["Scope"]["enum"]
+    assert sorted(scheme["x-scopes"]) == sorted(scope_enum)
