@@ -1,0 +1,152 @@
+"""The runtime's `invoke`: what happens around every handler call (docs/architecture.md).
+
+The generated endpoint calls `invoke(op, call, raw_body)` in a worker thread. In order:
+authentication, scopes and the key's rate limit (hangar.security, on this request's
+session), idempotency (hangar.idempotency), then the unit of work: `call(ctx)` runs the
+handler; success commits the session (state change, outbox rows and idempotency record
+together); a `Problem` rolls it back and becomes problem+json. Anything else propagates to
+the edge, which answers 500 without details.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.responses import Response
+
+from hangar.context import RequestContext
+from hangar.errors import render_problem
+from hangar.idempotency import Claim, IdempotencyStore, StoredResponse, fingerprint
+from hangar.problems import Problem
+from hangar.requestid import RequestState, current_state
+from hangar.security import Gatekeeper
+
+JSON = "application/json"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+_KEPT_HEADERS = ("content-type", "location")
+
+
+class Invocable(Protocol):
+    """What invoke needs to know about an operation (generated.routing.Operation)."""
+
+    @property
+    def operation_id(self) -> str: ...
+    @property
+    def public(self) -> bool: ...
+    @property
+    def scopes(self) -> tuple[str, ...]: ...
+    @property
+    def idempotent(self) -> bool: ...
+    @property
+    def success_status(self) -> int: ...
+    @property
+    def params(self) -> tuple[Any, ...]: ...
+
+
+def success_response(op: Invocable, body: Any) -> Response:
+    if body is None:
+        return Response(status_code=op.success_status)
+    return Response(
+        json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(),
+        status_code=op.success_status,
+        media_type=JSON,
+    )
+
+
+def _stored(response: Response) -> StoredResponse:
+    headers = {k: v for k, v in response.headers.items() if k in _KEPT_HEADERS}
+    return StoredResponse(response.status_code, bytes(response.body).decode(), headers)
+
+
+def _replay(stored: StoredResponse) -> Response:
+    return Response(
+        stored.body.encode(), status_code=stored.status_code, headers={**stored.headers, "Idempotent-Replayed": "true"}
+    )
+
+
+class Invoker:
+    """`invoke` for generated.routing.bind, holding what every call needs."""
+
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        gatekeeper: Gatekeeper,
+        idempotency: IdempotencyStore,
+    ) -> None:
+        # The relay listens on this session factory's commits (hangar.relay), so events
+        # written by a handler are delivered without invoke doing anything more.
+        self._sessions = session_factory
+        self._gatekeeper = gatekeeper
+        self._idempotency = idempotency
+
+    def __call__(self, op: Invocable, call: Callable[[RequestContext], Any], raw_body: Any) -> Response:
+        state = current_state.get()
+        with self._sessions() as session:
+            try:
+                principal = self._gatekeeper.admit(op, state, session)
+            except Problem as problem:
+                session.rollback()
+                return render_problem(problem, state.request_id, state.path)
+            ctx = RequestContext(
+                request_id=state.request_id,
+                session=session,
+                principal=principal,
+                client_address=state.client_address,
+                now=state.now,
+            )
+            key = state.params.get(IDEMPOTENCY_HEADER) if op.idempotent else None
+            if key is not None:
+                return self._idempotent(op, ctx, call, raw_body, key, state)
+            try:
+                body = call(ctx)
+                session.commit()
+            except Problem as problem:
+                session.rollback()
+                return render_problem(problem, state.request_id, state.path)
+        return success_response(op, body)
+
+    def _idempotent(
+        self,
+        op: Invocable,
+        ctx: RequestContext,
+        call: Callable[[RequestContext], Any],
+        raw_body: Any,
+        key: str,
+        state: RequestState,
+    ) -> Response:
+        session = ctx.session
+        # End the authentication transaction first: on SQLite it may hold the write lock
+        # (last_used_at), and the claim below writes from another connection.
+        session.commit()
+        principal = ctx.principal
+        scope = f"key:{principal.api_key_id}" if principal is not None else f"addr:{state.client_address}"
+        params = {p.name: state.params.get(p.name) for p in op.params}
+        try:
+            outcome = self._idempotency.begin(scope, op.operation_id, key, fingerprint(params, raw_body), state.now)
+        except Problem as problem:
+            return render_problem(problem, state.request_id, state.path)
+        if isinstance(outcome, StoredResponse):
+            return _replay(outcome)
+        claim: Claim = outcome
+        try:
+            try:
+                response = success_response(op, call(ctx))
+            except Problem as problem:
+                session.rollback()
+                response = render_problem(problem, state.request_id, state.path)
+                if problem.status >= 500:  # not the request's fault: let a retry run again
+                    self._idempotency.release(claim)
+                    return response
+            self._idempotency.complete(session, claim, _stored(response))
+            session.commit()
+        except Problem as lost:  # complete() found the claim taken over: nothing commits
+            session.rollback()
+            return render_problem(lost, state.request_id, state.path)
+        except BaseException:
+            session.rollback()
+            self._idempotency.release(claim)
+            raise
+        return response
