@@ -24,13 +24,20 @@ class FieldError(BaseModel):
         extra="forbid",
         populate_by_name=True,
     )
-    location: Annotated[str, Field(examples=["body.email"], max_length=300)]
+    location: Annotated[str, Field(examples=["body.email"], max_length=300, pattern="^[^\\x00-\\x1F\\x7F]+$")]
     """
-    Where the error is, e.g. `body.email` or `query.limit`.
+    Where the error is, e.g. `body.email` or `query.limit` (one line).
     """
-    message: Annotated[str, Field(examples=["'not-an-email' is not a 'email'"], max_length=1000)]
+    message: Annotated[
+        str,
+        Field(
+            examples=["'not-an-email' is not a 'email'"],
+            max_length=1000,
+            pattern="^[^\\x00-\\x08\\x0B\\x0C\\x0E-\\x1F\\x7F]*$",
+        ),
+    ]
     """
-    What is wrong there.
+    What is wrong there (no control characters but line breaks).
     """
 
 
@@ -62,7 +69,7 @@ class Organization(BaseModel):
     """
     The organization's id.
     """
-    name: Annotated[str, Field(examples=["Acme"], max_length=100, min_length=1)]
+    name: Annotated[str, Field(examples=["Acme"], max_length=100, min_length=1, pattern="\\S")]
     """
     Display name.
     """
@@ -98,9 +105,16 @@ class Problem(BaseModel):
         extra="forbid",
         populate_by_name=True,
     )
-    detail: Annotated[str, Field(examples=["No api key with id 5b7e… exists."], max_length=2000)]
+    detail: Annotated[
+        str,
+        Field(
+            examples=["No api key with id 5b7e… exists."],
+            max_length=2000,
+            pattern="^[^\\x00-\\x08\\x0B\\x0C\\x0E-\\x1F\\x7F]*$",
+        ),
+    ]
     """
-    What went wrong with this request.
+    What went wrong with this request (no control characters but line breaks).
     """
     errors: Annotated[list[FieldError] | None, Field(max_length=100)] = None
     """
@@ -122,9 +136,9 @@ class Problem(BaseModel):
     """
     The HTTP status code.
     """
-    title: Annotated[str, Field(examples=["Not Found"], max_length=200)]
+    title: Annotated[str, Field(examples=["Not Found"], max_length=200, pattern="^[^\\x00-\\x1F\\x7F]+$")]
     """
-    Short, human-readable summary of the problem kind.
+    Short, human-readable summary of the problem kind (one line).
     """
     type: Annotated[str, Field(examples=["https://docs.hangar.dev/problems/not-found"], max_length=200)]
     """
@@ -211,7 +225,7 @@ class User(BaseModel):
     """
     The user's id.
     """
-    name: Annotated[str | None, Field(examples=["Ada Lovelace"], max_length=100)] = None
+    name: Annotated[str | None, Field(examples=["Ada Lovelace"], max_length=100, min_length=1, pattern="\\S")] = None
     """
     Display name.
     """
@@ -238,7 +252,7 @@ class ApiKey(BaseModel):
     """
     When it last authenticated a request.
     """
-    name: Annotated[str, Field(examples=["ci"], max_length=100, min_length=1)]
+    name: Annotated[str, Field(examples=["ci"], max_length=100, min_length=1, pattern="\\S")]
     """
     A label.
     """
@@ -248,7 +262,7 @@ class ApiKey(BaseModel):
     """
     prefix: Annotated[str, Field(examples=["hgr_Xk3v9Qp2LmZa"], max_length=32, pattern="^hgr_[A-Za-z0-9]+$")]
     """
-    The public part of the key
+    The public part of the key, safe to show.
     """
     revoked_at: Annotated[AwareDatetime | None, Field(examples=["2026-11-29T09:00:00Z"])] = None
     """
@@ -272,7 +286,7 @@ class ApiKeyCreate(BaseModel):
     )
     expires_at: Annotated[AwareDatetime | None, Field(examples=["2027-01-01T00:00:00Z"])] = None
     """
-    Optional expiry
+    Optional expiry, in the future.
     """
     name: Annotated[str, Field(examples=["ci"], max_length=100, min_length=1, pattern="\\S")]
     """
@@ -315,7 +329,7 @@ class ApiKeyList(BaseModel):
     """
     This page's keys.
     """
-    next_cursor: Annotated[str | None, Field(examples=["eyJrIjoiMjAyNiJ9"], max_length=512)]
+    next_cursor: Annotated[str | None, Field(examples=["eyJrIjoiMjAyNiJ9"], max_length=512, pattern="^[A-Za-z0-9_-]+$")]
     """
     Pass as `cursor` for the next page; null on the last page.
     """
@@ -390,7 +404,7 @@ class MemberList(BaseModel):
     """
     This page's members.
     """
-    next_cursor: Annotated[str | None, Field(examples=["eyJrIjoiMjAyNiJ9"], max_length=512)]
+    next_cursor: Annotated[str | None, Field(examples=["eyJrIjoiMjAyNiJ9"], max_length=512, pattern="^[A-Za-z0-9_-]+$")]
     """
     Pass as `cursor` for the next page; null on the last page.
     """

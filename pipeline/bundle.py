@@ -62,7 +62,7 @@ class Bundler:
         if not isinstance(loaded, dict):
             raise BundleError(f"{self.root}: not a mapping")
         root_doc = {k: copy.deepcopy(v) for k, v in loaded.items() if not k.startswith("x-")}
-        self.hoisted: dict[str, dict[str, Any]] = {}
+        self.hoisted = {}
         walked = self._walk(root_doc, self.root)
         components = walked.setdefault("components", {})
         for kind, entries in self.hoisted.items():
