@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline import bundle_stage, models, routing
+from pipeline import bundle_stage, events, models, routing
 from pipeline.stages import Stage, order
 
 
@@ -12,5 +12,6 @@ def all_stages() -> list[Stage]:
         bundle_stage.ASYNCAPI,
         models.STAGE,
         routing.STAGE,
+        events.STAGE,
     ]
     return order(stages)
