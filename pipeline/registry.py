@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline import bundle_stage, events, models, routing
+from pipeline import bundle_stage, cli, events, models, routing, sdk
 from pipeline.stages import Stage, order
 
 
@@ -13,5 +13,7 @@ def all_stages() -> list[Stage]:
         models.STAGE,
         routing.STAGE,
         events.STAGE,
+        sdk.STAGE,
+        cli.STAGE,
     ]
     return order(stages)
