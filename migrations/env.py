@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection
 from hangar.config import Settings
 from hangar.db import Base, UTCDateTime, make_engine
 
-RUNTIME_TABLE_MODULES = ("hangar.outbox", "hangar.inbox")
+RUNTIME_TABLE_MODULES = ("hangar.outbox", "hangar.inbox", "hangar.idempotency")
 
 
 def import_table_modules() -> None:

@@ -17,11 +17,12 @@ from datetime import datetime
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import joinedload
 
 from handlers.identity import keys, passwords, policy
-from handlers.identity.paging import Page, keyset_page
 from handlers.identity.tables import ApiKey, Membership, Organization, User
 from hangar.context import RequestContext
+from hangar.pagination import Page, paginate
 from hangar.problems import Conflict, Forbidden, NotFound, Unprocessable
 
 SIGNUP_KEY_NAME = "signup"
@@ -151,11 +152,9 @@ def update_organization(
 
 def list_members(ctx: RequestContext, organization_id: uuid.UUID, limit: int, cursor: str | None) -> Page[Member]:
     org = _load_org(ctx, organization_id)
-    query = (
-        select(Membership, User).join(User, User.id == Membership.user_id).where(Membership.organization_id == org.id)
-    )
-    page = keyset_page(ctx.session, query, Membership.created_at, Membership.id, limit, cursor, newest_first=False)
-    return Page([Member(membership=m, user=u) for m, u in page.items], page.next_cursor)
+    query = select(Membership).where(Membership.organization_id == org.id).options(joinedload(Membership.user))
+    page = paginate(ctx.session, query, (Membership.created_at, Membership.id), limit=limit, cursor=cursor)
+    return Page([Member(membership=m, user=m.user) for m in page.items], page.next_cursor)
 
 
 def invite_member(ctx: RequestContext, organization_id: uuid.UUID, *, email: str, role: str) -> Member:
@@ -244,8 +243,7 @@ def list_api_keys(ctx: RequestContext, limit: int, cursor: str | None) -> Page[A
     query = select(ApiKey).where(ApiKey.organization_id == ctx.caller.organization_id)
     if not policy.sees_all_keys(ctx.caller.role):
         query = query.where(ApiKey.user_id == ctx.caller.user_id)
-    page = keyset_page(ctx.session, query, ApiKey.created_at, ApiKey.id, limit, cursor, newest_first=True)
-    return Page([row[0] for row in page.items], page.next_cursor)
+    return paginate(ctx.session, query, (ApiKey.created_at, ApiKey.id), limit=limit, cursor=cursor, descending=True)
 
 
 def create_api_key(ctx: RequestContext, *, name: str, scopes: list[str], expires_at: datetime | None) -> CreatedKey:

@@ -10,7 +10,7 @@ import uuid
 from datetime import datetime
 
 from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String, UniqueConstraint, Uuid
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from hangar.db import Base, UTCDateTime
 
@@ -55,6 +55,9 @@ class Membership(Base):
     role: Mapped[str] = mapped_column(String(20))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    # lazy="raise": load it explicitly (joinedload) where needed, never one query per row.
+    user: Mapped[User] = relationship(lazy="raise")
 
     __table_args__ = (
         # One membership per person per organization; also the index for listing by org.
