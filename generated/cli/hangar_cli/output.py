@@ -61,7 +61,7 @@ def print_table(command: Command, data: Any) -> None:
         columns = _columns(command, items[0] if items else {})
         table = Table(box=box.SIMPLE_HEAD, show_edge=False)
         for column in columns:
-            table.add_column(column, overflow="fold")
+            table.add_column(column, overflow="fold", max_width=60)
         for item in items:
             table.add_row(*(cell(dig(item, c)) for c in columns))
         console.print(table)

@@ -1,0 +1,1 @@
+"""CLI tests: the real `hangar` command as a subprocess (see helpers.py)."""

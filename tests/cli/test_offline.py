@@ -1,0 +1,140 @@
+"""The CLI without a server: config file handling, usage errors, help, and a refused connection."""
+
+from __future__ import annotations
+
+import socket
+import stat
+import tomllib
+from pathlib import Path
+
+import pytest
+from hangar_cli import config as hangar_cli_config  # generated/cli, installed by `make install`
+
+from .helpers import hangar
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --- where the config lives ----------------------------------------------------------------------
+
+
+def test_config_path_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("HANGAR_CONFIG", raising=False)
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert hangar_cli_config.config_path() == tmp_path / "home" / ".config" / "hangar" / "config.toml"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    assert hangar_cli_config.config_path() == tmp_path / "xdg" / "hangar" / "config.toml"
+    monkeypatch.setenv("HANGAR_CONFIG", str(tmp_path / "explicit.toml"))
+    assert hangar_cli_config.config_path() == tmp_path / "explicit.toml"
+
+
+def test_save_writes_0600_and_keeps_other_keys(tmp_path: Path) -> None:
+    path = tmp_path / "dir" / "config.toml"
+    path.parent.mkdir()
+    path.write_text('profile_note = "keep me"\napi_key = "old"\n')
+    path.chmod(0o644)
+    hangar_cli_config.save(path, {"api_key": "hgr_new_secret", "url": "http://x"})
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert tomllib.loads(path.read_text()) == {
+        "profile_note": "keep me",
+        "api_key": "hgr_new_secret",
+        "url": "http://x",
+    }
+    assert [p.name for p in path.parent.iterdir()] == ["config.toml"], "the temporary file was left behind"
+
+
+def test_environment_overrides_the_config_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('url = "http://from-file:1/"\napi_key = "hgr_file"\norganization_id = "org-file"\n')
+    monkeypatch.setenv("HANGAR_CONFIG", str(path))
+    for name in ("HANGAR_URL", "HANGAR_API_KEY", "HANGAR_ORGANIZATION_ID"):
+        monkeypatch.delenv(name, raising=False)
+    settings = hangar_cli_config.settings()
+    assert (settings.url, settings.api_key, settings.organization_id) == ("http://from-file:1", "hgr_file", "org-file")
+    monkeypatch.setenv("HANGAR_URL", "http://from-env:2")
+    monkeypatch.setenv("HANGAR_API_KEY", "hgr_env")
+    settings = hangar_cli_config.settings()
+    assert (settings.url, settings.api_key) == ("http://from-env:2", "hgr_env")
+    assert hangar_cli_config.settings(url="http://flag:3").url == "http://flag:3"
+
+
+def test_default_url(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HANGAR_CONFIG", str(tmp_path / "none.toml"))
+    monkeypatch.delenv("HANGAR_URL", raising=False)
+    assert hangar_cli_config.settings().url == "http://127.0.0.1:8080"
+
+
+# --- the real command, no server -------------------------------------------------------------------
+
+
+def test_help_has_an_example_body(tmp_path: Path) -> None:
+    result = hangar("api-keys", "create", "--help", config=tmp_path / "c.toml")
+    assert result.code == 0
+    assert "example body" in result.out and '"scopes"' in result.out
+    assert "hangar api-keys create --name ci --scope instances:read" in result.out
+
+
+def test_top_level_help_lists_groups_and_single_commands(tmp_path: Path) -> None:
+    result = hangar("--help", config=tmp_path / "c.toml")
+    assert result.code == 0
+    for name in ("api-keys", "members", "organizations", "signup", "me"):
+        assert f"    {name}" in result.out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("api-keys", "get", "--api-key-id", "not-a-uuid"), "not a UUID"),
+        (("api-keys", "create", "--name", "ci", "--scope", "nope"), "invalid choice"),
+        (("api-keys", "create", "--name", "ci"), "--scope"),
+        (("api-keys", "create", "--body", "{not json"), "not valid JSON"),
+        (("api-keys", "create", "--body", "[1]"), "JSON object"),
+        (("members", "invite", "--email", "a@b.co", "--role", "emperor"), "invalid choice"),
+        (("api-keys", "frobnicate"), "invalid choice"),
+        (("api-keys",), "usage"),
+    ],
+)
+def test_usage_errors_exit_2(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    result = hangar(*args, config=tmp_path / "c.toml", env={"HANGAR_API_KEY": "hgr_x_y"})
+    assert result.code == 2, result
+    assert message in result.err
+    assert "Traceback" not in result.err
+
+
+def test_a_secured_command_without_a_key_says_how_to_get_one(tmp_path: Path) -> None:
+    result = hangar("me", config=tmp_path / "c.toml", url=f"http://127.0.0.1:{free_port()}")
+    assert result.code == 1
+    assert "no API key" in result.err and "hangar signup" in result.err
+
+
+def test_connection_refused_names_the_url(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    result = hangar("--retries", "0", "me", config=tmp_path / "c.toml", url=url, env={"HANGAR_API_KEY": "hgr_x_y"})
+    assert result.code == 1
+    assert result.err.startswith("error: cannot connect") and url in result.err
+    assert "Traceback" not in result.err
+    assert "hgr_x_y" not in result.err + result.out
+
+
+def test_body_from_a_file_is_read(tmp_path: Path) -> None:
+    # The body is complete (read from the file), so the command goes as far as the network.
+    body = tmp_path / "body.json"
+    body.write_text('{"name": "ci", "scopes": ["instances:read"]}')
+    url = f"http://127.0.0.1:{free_port()}"
+    result = hangar(
+        "api-keys",
+        "create",
+        "--body",
+        f"@{body}",
+        "--retries",
+        "0",
+        config=tmp_path / "c.toml",
+        url=url,
+        env={"HANGAR_API_KEY": "hgr_x_y"},
+    )
+    assert result.code == 1 and "cannot connect" in result.err
