@@ -20,16 +20,15 @@ import pytest
 from alembic import command
 from alembic.config import Config
 from argon2 import PasswordHasher, profiles
+from identity_support import Backdoor, World
 from jsonschema import Draft202012Validator, FormatChecker
-from sqlalchemy import create_engine, make_url, select, text
+from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from handlers.identity import passwords, published, services
-from hangar.context import Principal, RequestContext
+from handlers.identity import passwords
 from hangar.db import make_engine
-from hangar.outbox import OutboxEvent
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -92,72 +91,6 @@ def session(identity_engine: Engine) -> Iterator[Session]:
             outer.rollback()
 
 
-class World:
-    """Signs organizations up and builds request contexts the way the runtime does: from a
-    key's secret, through the published authenticate()."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def anonymous(self, now: datetime | None = None) -> RequestContext:
-        ctx = RequestContext(request_id="req_test", session=self.session)
-        if now is not None:
-            ctx.now = now
-        return ctx
-
-    def signup(self, email: str | None = None, organization: str = "Acme") -> services.SignupResult:
-        email = email or f"owner-{uuid.uuid4().hex[:8]}@example.com"
-        result = services.sign_up(
-            self.anonymous(), email=email, password="correct-horse-battery", organization_name=organization, name=None
-        )
-        self.session.flush()
-        return result
-
-    def principal(self, secret: str, now: datetime | None = None) -> Principal:
-        ctx = self.anonymous(now)
-        principal = published.authenticate(self.session, secret, ctx.now)
-        assert principal is not None, "the key did not authenticate"
-        return principal
-
-    def ctx(self, secret: str, now: datetime | None = None) -> RequestContext:
-        ctx = self.anonymous(now)
-        ctx.principal = self.principal(secret, ctx.now)
-        return ctx
-
-    def member_with_key(
-        self, owner_secret: str, role: str, scopes: list[str] | None = None
-    ) -> tuple[services.Member, str]:
-        """Invite someone with `role`, and give them a key (as the runtime cannot: invited
-        people have no key until they sign up, so this writes one through the service)."""
-        owner = self.ctx(owner_secret)
-        member = services.invite_member(
-            owner, owner.caller.organization_id, email=f"{role}-{uuid.uuid4().hex[:6]}@example.com", role=role
-        )
-        self.session.flush()
-        as_member = self.anonymous()
-        from handlers.identity import policy
-
-        as_member.principal = Principal(
-            organization_id=member.membership.organization_id,
-            user_id=member.user.id,
-            api_key_id=uuid.uuid4(),
-            role=role,
-            scopes=policy.caps(role),
-        )
-        created = services.create_api_key(
-            as_member, name=f"{role} key", scopes=scopes or sorted(policy.caps(role)), expires_at=None
-        )
-        self.session.flush()
-        return member, created.secret
-
-    def events(self, event_type: str | None = None) -> list[dict[str, Any]]:
-        self.session.flush()
-        query = select(OutboxEvent).order_by(OutboxEvent.seq)
-        if event_type:
-            query = query.where(OutboxEvent.type == event_type)
-        return [row.payload for row in self.session.scalars(query)]
-
-
 @pytest.fixture
 def world(session: Session) -> World:
     return World(session)
@@ -187,3 +120,13 @@ def event_validator() -> Callable[[dict[str, Any]], None]:
         Draft202012Validator(schema, format_checker=checker).validate(envelope)
 
     return validate
+
+
+# --- HTTP tests: helpers over the shared app/client/signup fixtures (tests/conftest.py) ---
+
+
+@pytest.fixture
+def backdoor(database_url: str, event_validator: Callable[[dict[str, Any]], None]) -> Iterator[Backdoor]:
+    door = Backdoor(database_url, event_validator)
+    yield door
+    door.engine.dispose()

@@ -9,7 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from conftest import World
+from identity_support import World
 from sqlalchemy import select
 
 from handlers.identity import passwords, policy, published, services
