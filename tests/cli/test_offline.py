@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import socket
 import stat
+import threading
 import tomllib
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -138,3 +141,39 @@ def test_body_from_a_file_is_read(tmp_path: Path) -> None:
         env={"HANGAR_API_KEY": "hgr_x_y"},
     )
     assert result.code == 1 and "cannot connect" in result.err
+
+
+class _Gateway(BaseHTTPRequestHandler):
+    """A proxy in trouble: 502 with an HTML body, not a problem document."""
+
+    def do_GET(self) -> None:
+        body = b"<html>Bad gateway</html>"
+        self.send_response(502)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:  # keep pytest's output clean
+        pass
+
+
+@pytest.fixture
+def bad_gateway() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Gateway)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_error_that_is_not_a_problem_document_is_still_reported(tmp_path: Path, bad_gateway: str) -> None:
+    result = hangar(
+        "--retries", "0", "me", config=tmp_path / "c.toml", url=bad_gateway, env={"HANGAR_API_KEY": "hgr_x_y"}
+    )
+    assert result.code == 1
+    assert result.err.startswith(f"error: HTTP 502 from {bad_gateway}") and "Bad gateway" in result.err
+    assert "Traceback" not in result.err

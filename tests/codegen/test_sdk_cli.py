@@ -312,6 +312,22 @@ def test_idempotent_create_reuses_one_key_across_retries() -> None:
     assert keys[-1] == "mine-1"
 
 
+def test_async_calls_retry_with_the_same_key() -> None:
+    from hangar_client.api.api_keys import create_api_key
+
+    keys: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        keys.append(request.headers.get("Idempotency-Key"))
+        if len(keys) == 1:
+            raise httpx.ReadTimeout("slow", request=request)
+        return httpx.Response(201, json={"api_key": api_key(1), "secret": "hgr_abc_def"})
+
+    sleeps: list[float] = []
+    response = asyncio.run(create_api_key.asyncio_detailed(client=client_for(handler, sleeps), body=create_body()))
+    assert response.status_code == 201 and len(keys) == 2 and keys[0] == keys[1] and len(sleeps) == 1
+
+
 def test_retry_after_is_honoured_and_a_long_one_returns_the_response() -> None:
     from hangar_client.api.me import get_me
 
