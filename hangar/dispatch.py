@@ -46,9 +46,11 @@ class EndpointOperation:
         else:  # an operation outside the registry: connexion's naming rules
             plan = [(p["name"], pythonic(p["name"])) for p in operation.parameters if p["in"] in ("path", "query")]
             wants_body = bool(operation.request_body)
-        # Only what the endpoint declares; it supplies its own defaults for absent optionals.
-        self._plan = [(name, arg) for name, arg in plan if arg in accepted]
-        self._body = wants_body and "body" in accepted
+        # Only what the endpoint declares (everything if it takes **kwargs); it supplies
+        # its own defaults for absent optionals.
+        takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+        self._plan = [(name, arg) for name, arg in plan if takes_all or arg in accepted]
+        self._body = wants_body and (takes_all or "body" in accepted)
 
     def _kwargs(self, state: RequestState) -> dict[str, Any]:
         params = state.params

@@ -1,7 +1,9 @@
 """Idempotency keys with Stripe's semantics.
 
 A client sends `Idempotency-Key` on a create so it can retry safely. The first response
-is stored and replayed (with `Idempotent-Replayed: true`) for `idempotency_ttl_seconds`;
+is stored and replayed byte for byte (with `Idempotent-Replayed: true`; a replayed problem
+keeps the `request_id` of the request that produced it, the replay's own id is in
+`X-Request-Id`) for `idempotency_ttl_seconds`;
 the same key with a different request is a 422 `idempotency-key-reused`; a retry that
 arrives while the first attempt still runs is a 409 `idempotency-key-in-flight`.
 

@@ -33,7 +33,7 @@ from connexion.datastructures import MediaTypeDict
 from connexion.exceptions import NonConformingResponseBody
 from connexion.middleware.abstract import RoutedAPI, RoutedMiddleware
 from connexion.operations import AbstractOperation
-from connexion.utils import extract_content_type, is_nullable, split_content_type
+from connexion.utils import is_nullable
 from connexion.validators import AbstractRequestBodyValidator, AbstractResponseBodyValidator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -415,6 +415,21 @@ VALIDATOR_MAP: dict[str, Any] = {
 # -- the middleware ---------------------------------------------------------------------------
 
 
+def content_type(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
+    """(media type, charset) of a request; connexion's own parser keeps the space after `;`
+    and so never finds the charset."""
+    for name, value in headers:
+        if name == b"content-type":
+            media, *parameters = value.decode("latin-1").split(";")
+            charset = None
+            for parameter in parameters:
+                key, _, val = parameter.strip().partition("=")
+                if key.lower() == "charset":
+                    charset = val.strip().strip('"') or None
+            return media.strip().lower() or None, charset
+    return None, None
+
+
 class _ValidationOperation:
     def __init__(
         self,
@@ -462,8 +477,8 @@ class _ValidationOperation:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._parameters.validate(scope)
         if self._has_body:
-            mime, encoding = split_content_type(extract_content_type(scope["headers"]))
-            mime = (mime or self._consumes[0]).lower()
+            mime, encoding = content_type(scope["headers"])
+            mime = mime or self._consumes[0]
             if mime not in self._accepts:
                 raise UnsupportedMediaType(f"Send the body as {', '.join(self._consumes)}, not {mime}.")
             validator = self._body_validator(mime, encoding or "utf-8")
