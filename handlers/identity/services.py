@@ -18,6 +18,7 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload
+from sqlalchemy.orm.attributes import set_committed_value
 
 from handlers.identity import keys, passwords, policy
 from handlers.identity.tables import ApiKey, Membership, Organization, User
@@ -194,7 +195,7 @@ def get_member(ctx: RequestContext, organization_id: uuid.UUID, member_id: uuid.
 
 
 def update_member(ctx: RequestContext, organization_id: uuid.UUID, member_id: uuid.UUID, *, role: str) -> Member:
-    member = _load_member(ctx, organization_id, member_id)
+    member = _load_member_locked(ctx, organization_id, member_id)
     membership = member.membership
     actor = ctx.caller.role
     if not policy.may_manage(actor, membership.role) or not policy.may_grant(actor, role):
@@ -213,7 +214,7 @@ def update_member(ctx: RequestContext, organization_id: uuid.UUID, member_id: uu
 
 
 def remove_member(ctx: RequestContext, organization_id: uuid.UUID, member_id: uuid.UUID) -> None:
-    member = _load_member(ctx, organization_id, member_id)
+    member = _load_member_locked(ctx, organization_id, member_id)
     membership = member.membership
     if not policy.may_manage(ctx.caller.role, membership.role):
         raise Forbidden("Only owners can remove an owner.", slug="owner-only")
@@ -314,8 +315,18 @@ def _new_key(
 
 
 def _revoke(ctx: RequestContext, key: ApiKey, reason: str) -> None:
-    key.revoked_at = ctx.now
-    key.revoked_reason = reason
+    # Conditional, so two concurrent revokes of one key emit one event: the loser's UPDATE
+    # waits for the winner's row lock, then matches nothing.
+    result = ctx.session.execute(
+        update(ApiKey)
+        .where(ApiKey.id == key.id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=ctx.now, revoked_reason=reason)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return
+    set_committed_value(key, "revoked_at", ctx.now)
+    set_committed_value(key, "revoked_reason", reason)
     ctx.emit(
         "api_key.revoked",
         key.organization_id,
@@ -349,6 +360,24 @@ def _load_member(ctx: RequestContext, organization_id: uuid.UUID, member_id: uui
     return Member(membership=row[0], user=row[1])
 
 
+def _load_member_locked(ctx: RequestContext, organization_id: uuid.UUID, member_id: uuid.UUID) -> Member:
+    """The member, loaded after taking the organization's membership lock.
+
+    Role changes and removals in one organization are serialised, so the last-owner check
+    cannot be raced (two owners demoting each other at once would leave none). A no-op
+    UPDATE is the portable lock: a row lock on PostgreSQL, the write lock on SQLite (where
+    SELECT … FOR UPDATE is a plain read). Loading after the lock sees the winner's commit.
+    """
+    org = _load_org(ctx, organization_id)
+    ctx.session.execute(
+        update(Organization)
+        .where(Organization.id == org.id)
+        .values(updated_at=Organization.updated_at)
+        .execution_options(synchronize_session=False)
+    )
+    return _load_member(ctx, organization_id, member_id)
+
+
 def _load_key(ctx: RequestContext, api_key_id: uuid.UUID) -> ApiKey:
     key = ctx.session.scalar(
         select(ApiKey).where(ApiKey.id == api_key_id, ApiKey.organization_id == ctx.caller.organization_id)
@@ -368,9 +397,7 @@ def _load_visible_key(ctx: RequestContext, api_key_id: uuid.UUID) -> ApiKey:
 
 
 def _ensure_not_last_owner(ctx: RequestContext, membership: Membership, verb: str) -> None:
-    # Lock the organization row first so two owners demoting each other concurrently are
-    # serialised (PostgreSQL); the count then sees the other's committed change.
-    ctx.session.execute(select(Organization.id).where(Organization.id == membership.organization_id).with_for_update())
+    # Callers hold the organization's membership lock (_load_member_locked).
     owners = ctx.session.scalar(
         select(func.count())
         .select_from(Membership)
