@@ -12,6 +12,7 @@ import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -47,20 +48,23 @@ def migrate(url: str) -> None:
     command.upgrade(cfg, "head")
 
 
-@pytest.fixture(scope="session")
-def identity_db_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextmanager
+def migrated_database(tmp_path_factory: pytest.TempPathFactory, label: str) -> Iterator[str]:
+    """A new database at head, removed afterwards: an SQLite file, or a PostgreSQL database
+    of its own next to HANGAR_TEST_DATABASE_URL."""
     base = os.environ.get("HANGAR_TEST_DATABASE_URL", "")
     if not base.startswith("postgresql"):
-        url = f"sqlite:///{tmp_path_factory.mktemp('identity-db') / 'test.db'}"
+        url = f"sqlite:///{tmp_path_factory.mktemp(label) / 'test.db'}"
         migrate(url)
         yield url
         return
     admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    name = f"hangar_identity_{uuid.uuid4().hex[:12]}"
+    name = f"hangar_{label}_{uuid.uuid4().hex[:12]}"
     try:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
     except OperationalError as exc:
+        admin.dispose()
         pytest.skip(f"PostgreSQL at {base} is not reachable: {exc}")
     url = make_url(base).set(database=name).render_as_string(hide_password=False)
     try:
@@ -73,10 +77,26 @@ def identity_db_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def identity_db_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Shared by every test that rolls back (`session`); nothing may commit to it."""
+    with migrated_database(tmp_path_factory, "identity") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
 def identity_engine(identity_db_url: str) -> Iterator[Engine]:
     engine = make_engine(identity_db_url)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def committing_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    """For tests that really commit (races): a database of their own per module."""
+    with migrated_database(tmp_path_factory, "identity_commit") as url:
+        engine = make_engine(url)
+        yield engine
+        engine.dispose()
 
 
 @pytest.fixture

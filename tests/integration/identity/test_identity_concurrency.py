@@ -63,10 +63,10 @@ def _signup(engine: Engine, email: str | None = None) -> services.SignupResult:
         return result
 
 
-def test_two_owners_demoting_each_other_leave_one_owner(identity_engine: Engine) -> None:
-    first = _signup(identity_engine)
+def test_two_owners_demoting_each_other_leave_one_owner(committing_engine: Engine) -> None:
+    first = _signup(committing_engine)
     org_id = first.organization.id
-    with Session(identity_engine, expire_on_commit=False) as session:
+    with Session(committing_engine, expire_on_commit=False) as session:
         second = services.invite_member(
             _as(session, org_id, first.user.id, "owner"),
             org_id,
@@ -77,7 +77,7 @@ def test_two_owners_demoting_each_other_leave_one_owner(identity_engine: Engine)
         session.commit()
 
     results = _race(
-        identity_engine,
+        committing_engine,
         lambda s: services.update_member(
             _as(s, org_id, first.user.id, "owner"), org_id, second.membership.id, role="admin"
         ),
@@ -88,36 +88,36 @@ def test_two_owners_demoting_each_other_leave_one_owner(identity_engine: Engine)
     conflicts = [r for r in results if isinstance(r, Conflict)]
     assert len(conflicts) == 1 and conflicts[0].slug == "last-owner", results
     assert sum(isinstance(r, services.Member) for r in results) == 1, results
-    with Session(identity_engine) as session:
+    with Session(committing_engine) as session:
         owners = session.scalar(
             select(func.count()).where(Membership.organization_id == org_id, Membership.role == "owner")
         )
     assert owners == 1
 
 
-def test_concurrent_revokes_emit_one_event(identity_engine: Engine) -> None:
-    owner = _signup(identity_engine)
+def test_concurrent_revokes_emit_one_event(committing_engine: Engine) -> None:
+    owner = _signup(committing_engine)
     org_id, key_id = owner.organization.id, owner.api_key.id
     results = _race(
-        identity_engine,
+        committing_engine,
         *[lambda s: services.revoke_api_key(_as(s, org_id, owner.user.id, "owner"), key_id) for _ in range(2)],
     )
     assert results == [None, None]
-    with Session(identity_engine) as session:
+    with Session(committing_engine) as session:
         events = session.scalars(select(OutboxEvent).where(OutboxEvent.type == "api_key.revoked")).all()
         mine = [e for e in events if e.payload["data"]["api_key_id"] == str(key_id)]
         assert len(mine) == 1
         assert session.get_one(ApiKey, key_id).revoked_at is not None
 
 
-def test_concurrent_signups_with_one_email_make_one_user(identity_engine: Engine) -> None:
+def test_concurrent_signups_with_one_email_make_one_user(committing_engine: Engine) -> None:
     email = f"twin-{uuid.uuid4().hex[:8]}@example.com"
 
     def sign_up(session: Session) -> services.SignupResult:
         ctx = RequestContext(request_id="req_race", session=session)
         return services.sign_up(ctx, email=email, password="correct-horse-battery", organization_name="Twin", name=None)
 
-    results = _race(identity_engine, sign_up, sign_up)
+    results = _race(committing_engine, sign_up, sign_up)
     assert sum(isinstance(r, services.SignupResult) for r in results) == 1, results
     conflicts = [r for r in results if isinstance(r, Conflict)]
     assert len(conflicts) == 1 and conflicts[0].slug == "email-taken", results
