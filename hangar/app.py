@@ -4,7 +4,7 @@ handlers into a connexion AsyncApp; `main()` is the `hangar-server` console scri
 The request path, outermost first (each layer's module says why it exists):
 
     Edge                hangar.edge        request id + state, bundled specs, every error → problem+json
-    SwaggerUI           connexion          /docs
+    Docs                connexion          Swagger UI at /docs (other paths skip it)
     Routing             connexion          path + method → operationId (404/405 raised here)
     SecurityGate        hangar.security    per-address limits (public), 401 without a token
     RequestValidation   hangar.validators  compiled validators; coerced params + parsed body
@@ -31,6 +31,7 @@ from connexion.middleware.lifespan import LifespanMiddleware
 from connexion.middleware.response_validation import ResponseValidationMiddleware
 from connexion.middleware.routing import RoutingMiddleware
 from connexion.middleware.swagger_ui import SwaggerUIMiddleware
+from starlette.types import Receive, Scope, Send
 from connexion.options import SwaggerUIOptions
 from connexion.resolver import Resolver
 from sqlalchemy import Engine
@@ -50,6 +51,19 @@ from hangar.validators import VALIDATOR_MAP, RequestValidationMiddleware
 log = logging.getLogger("hangar.app")
 
 GENERATED = ROOT / "generated"
+
+
+class DocsMiddleware(SwaggerUIMiddleware):
+    """connexion's Swagger UI, consulted only for paths under /docs: the API's requests skip
+    its router (and the scope copy it makes) entirely."""
+
+    PREFIX = "/docs"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not scope["path"].startswith(self.PREFIX):
+            await self.app(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 class StartupError(RuntimeError):
@@ -171,7 +185,7 @@ def create_app(settings: Settings, wiring: Wiring | None = None) -> HangarApp:
 
     middlewares: list[Any] = [
         partial(Edge, documents=documents, allowed=AllowedMethods.from_spec(spec)),
-        SwaggerUIMiddleware,
+        DocsMiddleware,
         RoutingMiddleware,
         partial(SecurityGate, operations=wiring.operations, gatekeeper=gatekeeper),
         RequestValidationMiddleware,
@@ -190,7 +204,9 @@ def create_app(settings: Settings, wiring: Wiring | None = None) -> HangarApp:
         validator_map=VALIDATOR_MAP,
         # The exact bundle is at /v1/openapi.json; the UI reads connexion's copy, whose
         # `servers` point at this server so "Try it out" works.
-        swagger_ui_options=SwaggerUIOptions(swagger_ui_path="/docs", spec_path="/docs/openapi.json"),
+        swagger_ui_options=SwaggerUIOptions(
+            swagger_ui_path=DocsMiddleware.PREFIX, spec_path=DocsMiddleware.PREFIX + "/openapi.json"
+        ),
     )
     app.add_api(spec, resolver=Resolver(function_resolver=lambda op_id: endpoints[op_id]))
     app.runtime = Runtime(settings, engine, sessions, gatekeeper, idempotency, invoker, limiters)

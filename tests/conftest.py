@@ -312,6 +312,12 @@ def stop_server(server: LiveServer) -> None:
             server.process.wait()
 
 
+@pytest.fixture(scope="session")
+def hangar_server_command() -> list[str]:
+    """The argv that starts `hangar-server` (configure it through HANGAR_* variables)."""
+    return server_command()
+
+
 @pytest.fixture(scope="module")
 def live_server(databases: _Databases, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """`hangar-server` on a free port with a fresh database of its own (one per test module);

@@ -110,10 +110,8 @@ def test_concurrent_signups_with_one_key_create_one_organization(live_server: An
     assert count == 1
 
 
-def test_hangar_server_refuses_an_unmigrated_database(tmp_path: Path) -> None:
-    from conftest import server_command
-
+def test_hangar_server_refuses_an_unmigrated_database(tmp_path: Path, hangar_server_command: list[str]) -> None:
     env = {**os.environ, "HANGAR_DATABASE_URL": f"sqlite:///{tmp_path / 'fresh.db'}", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(server_command(), cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(hangar_server_command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "not migrated" in result.stderr and "make migrate" in result.stderr
