@@ -263,12 +263,18 @@ def server_command() -> list[str]:
     return [sys.executable, "-c", "from hangar.app import main; main()"]
 
 
-@dataclass
-class LiveServer:
+class LiveServer(str):
+    """The base URL (it is a str: `live_server + "/v1/me"`), plus what a test may need."""
+
     url: str
     database_url: str
     process: subprocess.Popen[bytes]
     log: Path
+
+    def __new__(cls, url: str, database_url: str, process: subprocess.Popen[bytes], log: Path) -> LiveServer:
+        server = super().__new__(cls, url)
+        server.url, server.database_url, server.process, server.log = url, database_url, process, log
+        return server
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -320,8 +326,8 @@ def hangar_server_command() -> list[str]:
 
 @pytest.fixture(scope="module")
 def live_server(databases: _Databases, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """`hangar-server` on a free port with a fresh database of its own (one per test module);
-    `.url` is the base URL."""
+    """`hangar-server` on a free port with a fresh database of its own (one per test module).
+    It is the base URL; `.database_url`, `.output()` and `.process` are there too."""
     server = start_server(databases.dedicated(), tmp_path_factory.mktemp("live") / "server.log")
     try:
         yield server
