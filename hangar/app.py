@@ -31,11 +31,11 @@ from connexion.middleware.lifespan import LifespanMiddleware
 from connexion.middleware.response_validation import ResponseValidationMiddleware
 from connexion.middleware.routing import RoutingMiddleware
 from connexion.middleware.swagger_ui import SwaggerUIMiddleware
-from starlette.types import Receive, Scope, Send
 from connexion.options import SwaggerUIOptions
 from connexion.resolver import Resolver
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.types import Receive, Scope, Send
 
 from hangar.config import ROOT, Settings
 from hangar.db import make_engine, make_session_factory
