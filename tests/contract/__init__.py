@@ -1,0 +1,1 @@
+"""The contract stage: proof that the running server matches generated/openapi.json."""
