@@ -4,25 +4,30 @@ The generated endpoint calls `invoke(op, call, raw_body)` in a worker thread. In
 authentication, scopes and the key's rate limit (hangar.security, on this request's
 session), idempotency (hangar.idempotency), then the unit of work: `call(ctx)` runs the
 handler; success commits the session (state change, outbox rows and idempotency record
-together); a `Problem` rolls it back and becomes problem+json. Anything else propagates to
-the edge, which answers 500 without details.
+together); a `Problem` rolls it back and becomes problem+json; a database constraint that
+refuses the work (two requests racing for one unique value) is a 409. Anything else
+propagates to the edge, which answers 500 without details.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.responses import Response
 
 from hangar.context import RequestContext
 from hangar.errors import render_problem
 from hangar.idempotency import Claim, IdempotencyStore, StoredResponse, fingerprint
-from hangar.problems import Problem
+from hangar.problems import Conflict, Problem
 from hangar.requestid import RequestState, current_state
 from hangar.security import Gatekeeper
+
+log = logging.getLogger("hangar.invoke")
 
 JSON = "application/json"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -59,6 +64,17 @@ def success_response(op: Invocable, body: Any) -> Response:
 def _stored(response: Response) -> StoredResponse:
     headers = {k: v for k, v in response.headers.items() if k in _KEPT_HEADERS}
     return StoredResponse(response.status_code, bytes(response.body).decode(), headers)
+
+
+class CommitConflict(Conflict):
+    """The database refused the work on a constraint: almost always two requests racing
+    for the same unique value (an e-mail signed up twice at once). A 409 tells the client
+    to look again; the constraint's text stays in the log."""
+
+
+def _constrained(exc: IntegrityError, request_id: str) -> CommitConflict:
+    log.warning("request %s: refused by a database constraint: %s", request_id, exc.orig)
+    return CommitConflict("The request conflicts with a concurrent change; read the current state and retry.")
 
 
 def _replay(stored: StoredResponse) -> Response:
@@ -101,8 +117,11 @@ class Invoker:
             if key is not None:
                 return self._idempotent(op, ctx, call, raw_body, key, state)
             try:
-                body = call(ctx)
-                session.commit()
+                try:
+                    body = call(ctx)
+                    session.commit()
+                except IntegrityError as exc:
+                    raise _constrained(exc, state.request_id) from None
             except Problem as problem:
                 session.rollback()
                 return render_problem(problem, state.request_id, state.path)
@@ -134,6 +153,11 @@ class Invoker:
         try:
             try:
                 response = success_response(op, call(ctx))
+                session.flush()  # constraint races surface here, before the record is written
+            except IntegrityError as exc:
+                session.rollback()
+                self._idempotency.release(claim)  # a race is not an answer to store
+                return render_problem(_constrained(exc, state.request_id), state.request_id, state.path)
             except Problem as problem:
                 session.rollback()
                 response = render_problem(problem, state.request_id, state.path)
@@ -149,4 +173,5 @@ class Invoker:
             session.rollback()
             self._idempotency.release(claim)
             raise
+        return response
         return response

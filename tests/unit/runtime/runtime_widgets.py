@@ -34,6 +34,7 @@ TOKENS = {
     "tok-read": Principal(ORG_A, uuid.uuid4(), uuid.uuid4(), "viewer", frozenset({"widgets:read"})),
     "tok-other": Principal(ORG_B, uuid.uuid4(), uuid.uuid4(), "owner", frozenset({"widgets:read", "widgets:write"})),
 }
+DUP_ID = uuid.UUID("2d9f3c74-8e7a-4fa0-9c2a-2f5eaf4b9c33")
 FULL = {"Authorization": "Bearer tok-full"}
 READ = {"Authorization": "Bearer tok-read"}
 
@@ -321,6 +322,18 @@ class Handlers:
             raise Conflict("That widget conflicts with another.")
         if body["name"] == "crash":
             raise RuntimeError("the widget database password is hunter2")
+        if body["name"] == "dup":  # a fixed primary key: the second commit hits the constraint
+            ctx.session.add(
+                OutboxEvent(
+                    id=DUP_ID,
+                    type="widget.dup",
+                    organization_id=None,
+                    payload={},
+                    created_at=ctx.now,
+                    seq=0,
+                    attempts=0,
+                )
+            )
         widget = {"id": str(uuid.uuid4()), **{k: v for k, v in body.items() if k in ("name", "size", "email", "due")}}
         ctx.emit("widget.created", ctx.caller.organization_id, widget)
         if body["name"] == "block":

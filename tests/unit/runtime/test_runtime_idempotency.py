@@ -85,6 +85,15 @@ def test_an_unexpected_error_releases_the_key(widgets: Any, handlers: Any) -> No
     assert handlers.calls["createWidget"] == 2  # the retry ran again: nothing was stored
 
 
+def test_a_constraint_race_at_commit_is_a_409_and_not_stored(widgets: Any, handlers: Any) -> None:
+    assert create(widgets, {"name": "dup", "size": 1}, None).status_code == 201
+    key = new_key()
+    assert_problem(create(widgets, {"name": "dup", "size": 1}, key), 409, "conflict")
+    assert_problem(create(widgets, {"name": "dup", "size": 1}, key), 409, "conflict")
+    assert handlers.calls["createWidget"] == 3  # released, so the retry ran again
+    assert_problem(create(widgets, {"name": "dup", "size": 1}, None), 409, "conflict")
+
+
 def test_nothing_is_stored_when_validation_fails(widgets: Any) -> None:
     key = new_key()
     assert_problem(create(widgets, {"name": "a"}, key), 400)
