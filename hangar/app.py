@@ -239,11 +239,10 @@ def migration_problem(database_url: str, alembic_ini: Path = ROOT / "alembic.ini
     finally:
         engine.dispose()
     if current != heads:
-        at = ", ".join(sorted(current)) or "no migrations applied"
+        at = f"it is at {', '.join(sorted(current))}" if current else "it has no migrations applied"
         return (
             f"the database at {_database_label(database_url)} is not migrated to the latest schema "
-            f"(it is at {at}; head is {', '.join(sorted(heads))}). Run `make migrate` "
-            "(alembic upgrade head) first."
+            f"({at}; head is {', '.join(sorted(heads))}). Run `make migrate` (alembic upgrade head) first."
         )
     return None
 
@@ -268,6 +267,9 @@ def _configure_logging(settings: Settings) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    # Their INFO lines describe plumbing (the migration check, connexion's routes), not service.
+    for noisy in ("alembic", "connexion"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def app_from_env() -> HangarApp:
