@@ -86,7 +86,10 @@ class Wiring:
 
 
 def default_wiring() -> Wiring:
-    from generated import routing
+    try:
+        from generated import routing
+    except ImportError as exc:  # a fresh clone before its first `make generate`
+        raise StartupError(f"hangar-server cannot start: {exc}. Run `make generate` first.") from exc
     from handlers.identity.published import authenticate
     from hangar.handlers_registry import load_handlers
 
