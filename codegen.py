@@ -26,7 +26,9 @@ from pipeline.stages import ROOT, read_stamps, stamp, write_stamps
 GENERATED = ROOT / "generated"
 
 
-def generate(out_root: Path = GENERATED, force: bool = False, only: set[str] | None = None, quiet: bool = False) -> None:
+def generate(
+    out_root: Path = GENERATED, force: bool = False, only: set[str] | None = None, quiet: bool = False
+) -> None:
     out_root.mkdir(parents=True, exist_ok=True)
     stamps = read_stamps(out_root)
     for stage in all_stages():
@@ -114,7 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         for line in failures:
             print(f"codegen check: {line}", file=sys.stderr)
         if failures:
-            print(f"codegen check: FAILED ({len(failures)} problem(s)); run `make generate` and fix handlers", file=sys.stderr)
+            print(
+                f"codegen check: FAILED ({len(failures)} problem(s)); run `make generate` and fix handlers",
+                file=sys.stderr,
+            )
             return 1
         print("codegen check: generated/ matches the specs; every operation has a fitting handler")
         return 0

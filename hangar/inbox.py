@@ -22,7 +22,14 @@ class ProcessedEvent(Base):
 
 
 def already_processed(session: Session, consumer: str, event_id: uuid.UUID) -> bool:
-    return session.scalar(select(ProcessedEvent.event_id).where(ProcessedEvent.consumer == consumer, ProcessedEvent.event_id == event_id)) is not None
+    return (
+        session.scalar(
+            select(ProcessedEvent.event_id).where(
+                ProcessedEvent.consumer == consumer, ProcessedEvent.event_id == event_id
+            )
+        )
+        is not None
+    )
 
 
 def mark_processed(session: Session, consumer: str, event_id: uuid.UUID) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 PROBLEM_BASE = "https://docs.hangar.dev/problems/"
 
 
-class Problem(Exception):
+class Problem(Exception):  # noqa: N818 - named for RFC 9457, not as a Python error type
     status: int = 500
     slug: str = "internal-error"
     title: str = "Internal Server Error"
@@ -39,7 +39,9 @@ class Problem(Exception):
         return PROBLEM_BASE + self.slug
 
     def body(self, request_id: str, instance: str | None = None) -> dict[str, Any]:
-        return problem_body(self.status, self.title, self.detail, request_id, slug=self.slug, instance=instance, errors=self.errors)
+        return problem_body(
+            self.status, self.title, self.detail, request_id, slug=self.slug, instance=instance, errors=self.errors
+        )
 
 
 def problem_body(
