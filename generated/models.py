@@ -43,7 +43,7 @@ class FieldError(BaseModel):
 
 class MemberStatus(StrEnum):
     """
-    `invited` until the person signs in for the first time, then `active`.
+    `invited` until the person accepts the invitation (acceptInvitation), then `active`.
     """
 
     invited = "invited"
@@ -335,6 +335,37 @@ class ApiKeyList(BaseModel):
     """
 
 
+class InvitationAcceptance(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    name: Annotated[str | None, Field(examples=["Grace Hopper"], max_length=100, min_length=1, pattern="\\S")] = None
+    """
+    The person's display name, for a person new to Hangar (ignored otherwise).
+    """
+    password: Annotated[SecretStr, Field(examples=["correct-horse-battery-staple"], max_length=256, min_length=12)]
+    """
+    A person new to Hangar chooses it here (at least 12 characters, stored only as an
+    argon2 hash); someone who already has a password gives that one.
+
+    """
+    token: Annotated[
+        str,
+        Field(
+            examples=["hgi_9fK2mQ8xT4vB7nR1cY5wE3uJ6hG0sD2aLq1o9V"],
+            max_length=80,
+            min_length=40,
+            pattern="^hgi_[A-Za-z0-9]+$",
+        ),
+    ]
+    """
+    An invitation token, shown once. `hgi_<secret><checksum>`: the `hgi_` prefix and the
+    CRC32 checksum let secret scanners recognise a real token. Only its SHA-256 is stored.
+
+    """
+
+
 class Me(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -379,6 +410,32 @@ class Member(BaseModel):
     """
     The member's user.
     """
+
+
+class MemberInvitation(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    invitation_expires_at: Annotated[AwareDatetime, Field(examples=["2026-12-05T10:00:00Z"])]
+    """
+    When the token stops working (7 days after the invitation).
+    """
+    invitation_token: Annotated[
+        str,
+        Field(
+            examples=["hgi_9fK2mQ8xT4vB7nR1cY5wE3uJ6hG0sD2aLq1o9V"],
+            max_length=80,
+            min_length=40,
+            pattern="^hgi_[A-Za-z0-9]+$",
+        ),
+    ]
+    """
+    An invitation token, shown once. `hgi_<secret><checksum>`: the `hgi_` prefix and the
+    CRC32 checksum let secret scanners recognise a real token. Only its SHA-256 is stored.
+
+    """
+    member: Member
 
 
 class MemberInvite(BaseModel):

@@ -175,6 +175,27 @@ OPERATIONS: dict[str, Operation] = {
         emits=("api_key.revoked",),
         cli={"command": "revoke"},
     ),
+    "acceptInvitation": Operation(
+        operation_id="acceptInvitation",
+        handler_module="handlers.identity.operations",
+        handler_name="accept_invitation",
+        context="identity",
+        method="POST",
+        path="/v1/invitations/accept",
+        tag="invitations",
+        public=True,
+        scopes=(),
+        idempotent=True,
+        success_status=201,
+        request_model=models.InvitationAcceptance,
+        response_model=models.SignupResult,
+        params=(),
+        emits=("member.joined", "api_key.created"),
+        cli={
+            "columns": ["organization.id", "organization.name", "user.email", "api_key.prefix"],
+            "command": "accept-invitation",
+        },
+    ),
     "getMe": Operation(
         operation_id="getMe",
         handler_module="handlers.identity.operations",
@@ -264,10 +285,13 @@ OPERATIONS: dict[str, Operation] = {
         idempotent=True,
         success_status=201,
         request_model=models.MemberInvite,
-        response_model=models.Member,
+        response_model=models.MemberInvitation,
         params=(Param("organizationId", "organization_id", "path", True, uuid.UUID),),
         emits=("member.invited",),
-        cli={"columns": ["id", "email", "role", "status"], "command": "invite"},
+        cli={
+            "columns": ["member.id", "member.email", "member.role", "invitation_token", "invitation_expires_at"],
+            "command": "invite",
+        },
     ),
     "getMember": Operation(
         operation_id="getMember",
@@ -530,6 +554,17 @@ def _adapt_revoke_api_key(op: Operation, handler: Callable[..., Any], invoke: In
     return revoke_api_key
 
 
+def _adapt_accept_invitation(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def accept_invitation(body: Any) -> Any:
+        def call(ctx: Any) -> Any:
+            body_: models.InvitationAcceptance = _body(op, body)
+            return serialize(op, handler(ctx, body=body_))
+
+        return invoke(op, call, body)
+
+    return accept_invitation
+
+
 def _adapt_get_me(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
     def get_me() -> Any:
         def call(ctx: Any) -> Any:
@@ -641,6 +676,7 @@ _ADAPTERS: dict[str, Callable[[Operation, Callable[..., Any], Invoker], Callable
     "createApiKey": _adapt_create_api_key,
     "getApiKey": _adapt_get_api_key,
     "revokeApiKey": _adapt_revoke_api_key,
+    "acceptInvitation": _adapt_accept_invitation,
     "getMe": _adapt_get_me,
     "getOrganization": _adapt_get_organization,
     "updateOrganization": _adapt_update_organization,

@@ -9,12 +9,13 @@ operationId to its command line, for codegen's coverage table.
 Naming (the linode-cli way, from the spec's `x-cli` extension):
 - `hangar <tag> <command>`; the command is `x-cli.command`, else the operationId minus the
   tag's words (`listApiKeys` in `api-keys` → `list`). A tag with a single operation is a
-  top-level command named after the tag (`hangar signup`, `hangar me`).
+  top-level command named by its `x-cli.command`, else after the tag (`hangar signup`,
+  `hangar me`, `hangar accept-invitation`).
 - path/query/header parameters and scalar body fields are flags (`apiKeyId` → `--api-key-id`);
   an array of scalars is a repeatable singular flag (`scopes` → `--scope`); enums are choices;
   `--body '<json>'` gives the whole body and the flags override its fields.
-Two Hangar-specific behaviours are declared here, not guessed: which operation stores
-credentials in the CLI config (signup) and where a path parameter's default comes from
+Two Hangar-specific behaviours are declared here, not guessed: which operations store
+credentials in the CLI config (signup, accepting an invitation) and where a path parameter's default comes from
 (`organizationId` → the configured organization, else `GET /v1/me`).
 """
 
@@ -38,6 +39,7 @@ RESERVED_OPTIONS = frozenset({"--help", "--url", "--output", "--retries", "--bod
 # Operations whose response holds credentials the CLI keeps: config key → dotted response path.
 CREDENTIAL_OPERATIONS: dict[str, dict[str, str]] = {
     "signUp": {"api_key": "secret", "organization_id": "organization.id"},
+    "acceptInvitation": {"api_key": "secret", "organization_id": "organization.id"},
 }
 # Path parameters with a default: spec name → (config key, operationId to ask, dotted path in its response).
 PARAMETER_DEFAULTS: dict[str, tuple[str, str, str]] = {
@@ -187,9 +189,9 @@ def _help(node: dict[str, Any]) -> str:
 
 
 def _command_words(op: dict[str, Any], tag: str, single: bool) -> tuple[str, ...]:
-    if single:
-        return (tag,)
     cli = op.get("x-cli") or {}
+    if single:
+        return (str(cli.get("command") or tag),)
     if cli.get("command"):
         return (tag, str(cli["command"]))
     tag_words = set(words(tag)) | {singular(w) for w in words(tag)}

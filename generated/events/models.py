@@ -127,6 +127,34 @@ class MemberInvitedEvent(WireModel):
     type: Literal["member.invited"]
 
 
+class MemberJoinedEventData(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    member_id: UUID
+    role: Role
+    user_id: UUID
+
+
+class MemberJoinedEvent(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: MemberJoinedEventData
+    id: UUID
+    """
+    The event's id; consumers deduplicate on it.
+    """
+    occurred_at: AwareDatetime
+    """
+    When the change was committed.
+    """
+    organization_id: UUID
+    type: Literal["member.joined"]
+
+
 class MemberRemovedEventData(WireModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -237,6 +265,9 @@ ApiKeyRevokedPayload = TypeAliasType("ApiKeyRevokedPayload", ApiKeyRevokedEvent)
 
 
 MemberInvitedPayload = TypeAliasType("MemberInvitedPayload", MemberInvitedEvent)
+
+
+MemberJoinedPayload = TypeAliasType("MemberJoinedPayload", MemberJoinedEvent)
 
 
 MemberRemovedPayload = TypeAliasType("MemberRemovedPayload", MemberRemovedEvent)

@@ -55,7 +55,7 @@ def _base62(number: int, width: int) -> str:
     return "".join(reversed(digits)).rjust(width, ALPHABET[0])
 
 
-def _random_base62(length: int) -> str:
+def random_base62(length: int) -> str:
     return "".join(secrets.choice(ALPHABET) for _ in range(length))
 
 
@@ -70,8 +70,8 @@ def hash_key(token: str) -> str:
 
 
 def generate() -> NewKey:
-    prefix = f"{KEY_PREFIX}_{_random_base62(PUBLIC_ID_LENGTH)}"
-    body = f"{prefix}_{_random_base62(SECRET_LENGTH)}"
+    prefix = f"{KEY_PREFIX}_{random_base62(PUBLIC_ID_LENGTH)}"
+    body = f"{prefix}_{random_base62(SECRET_LENGTH)}"
     token = body + checksum(body)
     return NewKey(token=token, prefix=prefix, key_hash=hash_key(token))
 

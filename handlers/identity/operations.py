@@ -31,6 +31,18 @@ def sign_up(ctx: RequestContext, body: models.SignupRequest) -> models.SignupRes
     )
 
 
+def accept_invitation(ctx: RequestContext, body: models.InvitationAcceptance) -> models.SignupResult:
+    result = services.accept_invitation(
+        ctx, token=body.token, password=body.password.get_secret_value(), name=body.name
+    )
+    return models.SignupResult(
+        organization=_organization(result.organization),
+        user=_user(result.user),
+        api_key=_api_key(ctx, result.api_key),
+        secret=result.secret,
+    )
+
+
 def get_me(ctx: RequestContext) -> models.Me:
     me = services.get_me(ctx)
     return models.Me(
@@ -57,8 +69,15 @@ def list_members(ctx: RequestContext, organization_id: uuid.UUID, limit: int, cu
     return models.MemberList(data=[_member(m) for m in page.items], next_cursor=page.next_cursor)
 
 
-def invite_member(ctx: RequestContext, organization_id: uuid.UUID, body: models.MemberInvite) -> models.Member:
-    return _member(services.invite_member(ctx, organization_id, email=body.email, role=body.role.value))
+def invite_member(
+    ctx: RequestContext, organization_id: uuid.UUID, body: models.MemberInvite
+) -> models.MemberInvitation:
+    invited = services.invite_member(ctx, organization_id, email=body.email, role=body.role.value)
+    return models.MemberInvitation(
+        member=_member(invited.member),
+        invitation_token=invited.token,
+        invitation_expires_at=invited.expires_at,
+    )
 
 
 def get_member(ctx: RequestContext, organization_id: uuid.UUID, member_id: uuid.UUID) -> models.Member:
@@ -120,8 +139,7 @@ def _member(member: services.Member) -> models.Member:
         user_id=m.user_id,
         email=user.email,
         role=models.Role(m.role),
-        # A membership is `invited` until its person has signed up (activated their user).
-        status=models.MemberStatus(user.status),
+        status=models.MemberStatus(m.status),
         created_at=m.created_at,
         updated_at=m.updated_at,
     )

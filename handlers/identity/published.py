@@ -23,7 +23,7 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 def authenticate(session: Session, bearer_token: str, now: datetime) -> Principal | None:
     """The principal for a presented API key, or None if it is malformed, unknown, wrong,
-    revoked, expired, or its holder is no longer a member.
+    revoked, expired, or its holder is no longer (or not yet: invited) an active member.
 
     Scopes are the key's scopes ∩ what the holder's *current* role allows, so a demotion
     takes effect on the next request. The `last_used_at` update is added to `session`; the
@@ -37,7 +37,7 @@ def authenticate(session: Session, bearer_token: str, now: datetime) -> Principa
         .join(
             Membership, (Membership.organization_id == ApiKey.organization_id) & (Membership.user_id == ApiKey.user_id)
         )
-        .where(ApiKey.prefix == prefix)
+        .where(ApiKey.prefix == prefix, Membership.status == "active")
     ).one_or_none()
     if row is None:
         return None

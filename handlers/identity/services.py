@@ -20,19 +20,32 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload
 from sqlalchemy.orm.attributes import set_committed_value
 
-from handlers.identity import keys, passwords, policy
-from handlers.identity.tables import ApiKey, Membership, Organization, User
+from handlers.identity import invitation_tokens, keys, passwords, policy
+from handlers.identity.tables import ApiKey, Invitation, Membership, Organization, User
 from hangar.context import RequestContext
 from hangar.pagination import Page, paginate
 from hangar.problems import Conflict, Forbidden, NotFound, Unprocessable
 
 SIGNUP_KEY_NAME = "signup"
+INVITATION_KEY_NAME = "invitation"
+# One answer for every way an acceptance can fail (unknown, used or expired token, wrong
+# password): which one it was would tell a token holder more than they should learn.
+INVITATION_NOT_FOUND = "No pending invitation matches this token and password."
 
 
 @dataclass(frozen=True)
 class Member:
     membership: Membership
     user: User
+
+
+@dataclass(frozen=True)
+class InvitedMember:
+    """A new membership and its invitation token (the token is shown to the inviter once)."""
+
+    member: Member
+    token: str
+    expires_at: datetime
 
 
 @dataclass(frozen=True)
@@ -107,7 +120,13 @@ def sign_up(
     session.flush()
     session.add(
         Membership(
-            id=uuid.uuid4(), organization_id=org.id, user_id=user.id, role="owner", created_at=now, updated_at=now
+            id=uuid.uuid4(),
+            organization_id=org.id,
+            user_id=user.id,
+            role="owner",
+            status="active",
+            created_at=now,
+            updated_at=now,
         )
     )
     ctx.emit(
@@ -158,7 +177,7 @@ def list_members(ctx: RequestContext, organization_id: uuid.UUID, limit: int, cu
     return Page([Member(membership=m, user=m.user) for m in page.items], page.next_cursor)
 
 
-def invite_member(ctx: RequestContext, organization_id: uuid.UUID, *, email: str, role: str) -> Member:
+def invite_member(ctx: RequestContext, organization_id: uuid.UUID, *, email: str, role: str) -> InvitedMember:
     org = _load_org(ctx, organization_id)
     if not policy.may_grant(ctx.caller.role, role):
         raise Forbidden(f"Only owners can invite members with the role {role!r}.", slug="role-not-grantable")
@@ -178,16 +197,81 @@ def invite_member(ctx: RequestContext, organization_id: uuid.UUID, *, email: str
     elif _find_membership(ctx, org.id, user.id) is not None:
         raise Conflict(f"{email} is already a member of this organization.", slug="already-member")
     membership = Membership(
-        id=uuid.uuid4(), organization_id=org.id, user_id=user.id, role=role, created_at=now, updated_at=now
+        id=uuid.uuid4(),
+        organization_id=org.id,
+        user_id=user.id,
+        role=role,
+        status="invited",
+        created_at=now,
+        updated_at=now,
     )
     ctx.session.add(membership)
     _flush_or_conflict(ctx, "already-member", f"{email} is already a member of this organization.")
+    token = invitation_tokens.generate()
+    expires_at = now + invitation_tokens.VALIDITY
+    ctx.session.add(
+        Invitation(
+            id=uuid.uuid4(),
+            membership_id=membership.id,
+            token_hash=token.token_hash,
+            created_at=now,
+            expires_at=expires_at,
+        )
+    )
     ctx.emit(
         "member.invited",
         org.id,
         {"member_id": str(membership.id), "user_id": str(user.id), "email": user.email, "role": role},
     )
-    return Member(membership=membership, user=user)
+    return InvitedMember(member=Member(membership=membership, user=user), token=token.token, expires_at=expires_at)
+
+
+def accept_invitation(ctx: RequestContext, *, token: str, password: str, name: str | None) -> SignupResult:
+    """Join the organization `token` invites into; returns the membership's first API key.
+
+    A person with no password yet (an `invited` user) sets `password` (and `name`); someone
+    who has one must give it. Every failure is the same NotFound, and each path does one
+    password hash's worth of work, so neither the answer nor its timing says which check
+    failed. The token is single use even under concurrency: marking it accepted is a
+    conditional UPDATE, and the loser of two racing acceptances matches nothing.
+    """
+    now = ctx.now
+    session = ctx.session
+    row = None
+    if invitation_tokens.is_well_formed(token):  # garbage never reaches the database
+        row = session.execute(
+            select(Invitation, Membership, User)
+            .join(Membership, Membership.id == Invitation.membership_id)
+            .join(User, User.id == Membership.user_id)
+            .where(Invitation.token_hash == invitation_tokens.hash_token(token))
+        ).one_or_none()
+    if row is None or row[0].accepted_at is not None or row[0].expires_at <= now:
+        passwords.burn(password)
+        raise NotFound(INVITATION_NOT_FOUND, slug="invitation-not-found")
+    invitation, membership, user = row
+
+    used = session.execute(
+        update(Invitation)
+        .where(Invitation.id == invitation.id, Invitation.accepted_at.is_(None))
+        .values(accepted_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if used.rowcount != 1:  # type: ignore[attr-defined]
+        passwords.burn(password)
+        raise NotFound(INVITATION_NOT_FOUND, slug="invitation-not-found")
+    set_committed_value(invitation, "accepted_at", now)
+    if not _claim_or_check_password(ctx, user, password, name):
+        raise NotFound(INVITATION_NOT_FOUND, slug="invitation-not-found")
+
+    membership.status, membership.updated_at = "active", now
+    ctx.emit(
+        "member.joined",
+        membership.organization_id,
+        {"member_id": str(membership.id), "user_id": str(user.id), "role": membership.role},
+    )
+    org = session.get_one(Organization, membership.organization_id)
+    created = _new_key(ctx, org.id, user.id, INVITATION_KEY_NAME, sorted(policy.caps(membership.role)), None)
+    return SignupResult(organization=org, user=user, api_key=created.api_key, secret=created.secret)
 
 
 def get_member(ctx: RequestContext, organization_id: uuid.UUID, member_id: uuid.UUID) -> Member:
@@ -312,6 +396,31 @@ def _new_key(
         data["expires_at"] = iso(expires_at)
     ctx.emit("api_key.created", org_id, data)
     return CreatedKey(api_key=key, secret=new.token)
+
+
+def _claim_or_check_password(ctx: RequestContext, user: User, password: str, name: str | None) -> bool:
+    """An invited user (no password yet) takes `password`; anyone else must match theirs."""
+    if user.status == "invited":
+        # Conditional, like signup's claim: if a signup or another acceptance claimed the
+        # user in the meantime, fall through to checking the password they chose.
+        claimed = ctx.session.execute(
+            update(User)
+            .where(User.id == user.id, User.status == "invited")
+            .values(
+                status="active",
+                password_hash=passwords.hash_password(password),
+                name=name or user.name,
+                updated_at=ctx.now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        ctx.session.refresh(user)
+        if claimed.rowcount == 1:  # type: ignore[attr-defined]
+            return True
+    if user.password_hash is None:  # cannot happen for an active user; fail closed anyway
+        passwords.burn(password)
+        return False
+    return passwords.verify_password(user.password_hash, password)
 
 
 def _revoke(ctx: RequestContext, key: ApiKey, reason: str) -> None:

@@ -1,4 +1,4 @@
-"""Identity & Access persistence: organizations, users, memberships, API keys.
+"""Identity & Access persistence: organizations, users, memberships, invitations, API keys.
 
 Every tenant-owned row carries `organization_id`, and services always load by
 (id, organization_id) so another tenant's id behaves exactly like a missing one.
@@ -30,7 +30,7 @@ class Organization(Base):
 class User(Base):
     """A person. `email_normalized` (lower-cased) is unique, so an address can belong to one
     user whatever its case; a user created by an invitation is `invited` (no password) until
-    that person signs up."""
+    that person signs up or accepts an invitation."""
 
     __tablename__ = "users"
 
@@ -47,12 +47,16 @@ class User(Base):
 
 
 class Membership(Base):
+    """A person's place in an organization. An invited membership (`status` `invited`) grants
+    nothing — no key authenticates through it — until its invitation is accepted."""
+
     __tablename__ = "memberships"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     organization_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("organizations.id", ondelete="CASCADE"))
     user_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("users.id", ondelete="CASCADE"), index=True)
     role: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(20))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -64,7 +68,26 @@ class Membership(Base):
         UniqueConstraint("organization_id", "user_id"),
         Index("ix_memberships_org_created", "organization_id", "created_at", "id"),
         CheckConstraint(_ROLE_CHECK, name="role"),
+        CheckConstraint("status IN ('invited', 'active')", name="status"),
     )
+
+
+class Invitation(Base):
+    """The invitation to an invited membership. Only `token_hash` (SHA-256 of the token) is
+    stored; it is looked up by that hash. Single use: `accepted_at` is set once, and an
+    accepted or expired row stays (for audit) until its membership goes."""
+
+    __tablename__ = "invitations"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    # One invitation per membership: re-inviting is a 409 while the membership exists.
+    membership_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("memberships.id", ondelete="CASCADE"), unique=True
+    )
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    accepted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class ApiKey(Base):

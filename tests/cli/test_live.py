@@ -164,13 +164,44 @@ def test_list_follows_every_page_and_max_items_stops(account: Account) -> None:
 
 def test_member_lifecycle_uses_the_configured_organization(account: Account) -> None:
     email = f"bob-{uuid.uuid4().hex[:8]}@example.com"
-    invited = account.ok("members", "invite", "--email", email, "--role", "member")
+    invitation = account.ok("members", "invite", "--email", email, "--role", "member")
+    assert invitation["invitation_token"].startswith("hgi_") and invitation["invitation_expires_at"]
+    invited = invitation["member"]
     assert invited["status"] == "invited" and invited["role"] == "member"
     assert email in {m["email"] for m in account.ok("members", "list")["data"]}
     assert account.ok("members", "get", "--member-id", invited["id"])["email"] == email
     assert account.ok("members", "update", "--member-id", invited["id"], "--role", "viewer")["role"] == "viewer"
     assert account.ok("members", "remove", "--member-id", invited["id"]) is None
     assert email not in {m["email"] for m in account.ok("members", "list")["data"]}
+
+
+def test_an_invited_person_accepts_and_the_cli_keeps_their_key(account: Account, tmp_path: Path) -> None:
+    email = f"grace-{uuid.uuid4().hex[:8]}@example.com"
+    table = account.run("members", "invite", "--email", email, "--role", "viewer", "--output", "table")
+    assert table.code == 0, table
+    assert "invitation_token" in table.out and "hgi_" in table.out
+    token = next(word for word in table.out.split() if word.startswith("hgi_"))
+
+    theirs = tmp_path / "grace.toml"
+    result = hangar(
+        "accept-invitation", "--token", token, "--password", PASSWORD, "--name", "Grace", "--output", "json",
+        config=theirs, url=account.url,
+    )  # fmt: skip
+    assert result.code == 0, result
+    joined = result.json()
+    assert joined["organization"]["id"] == account.signup["organization"]["id"]
+    assert joined["user"]["email"] == email and joined["secret"].startswith("hgr_")
+    assert "shown only this once" in result.err
+    stored = tomllib.loads(theirs.read_text())
+    assert stored == {"url": account.url, "api_key": joined["secret"], "organization_id": joined["organization"]["id"]}
+    me = hangar("me", "--output", "json", config=theirs)
+    assert me.code == 0, me
+    assert me.json()["role"] == "viewer" and me.json()["user"]["email"] == email
+
+    again = hangar(
+        "accept-invitation", "--token", token, "--password", PASSWORD, config=tmp_path / "x.toml", url=account.url
+    )
+    assert again.code == 1 and "(404)" in again.err
 
 
 def test_organization_id_comes_from_me_without_a_config(account: Account, tmp_path: Path) -> None:

@@ -113,6 +113,7 @@ def test_command_map_covers_every_operation(cli_trees: tuple[Path, Path]) -> Non
     assert mapping["listApiKeys"] == "hangar api-keys list"
     assert mapping["signUp"] == "hangar signup"
     assert mapping["getMe"] == "hangar me"
+    assert mapping["acceptInvitation"] == "hangar accept-invitation"
 
 
 def test_committed_command_map_matches_the_spec() -> None:
@@ -161,6 +162,7 @@ def test_command_names_follow_tags_x_cli_and_operation_ids() -> None:
             },
             "/v1/widgets/{id}/spin": {"post": _op("spinWidgetFast", "widgets")},
             "/v1/ping": {"get": _op("ping", "health")},
+            "/v1/join": {"post": _op("joinClub", "clubs", **{"x-cli": {"command": "join-club"}})},
         }
     )
     words = {c.operation_id: c.words for c in cli.build_commands(spec)}
@@ -169,6 +171,7 @@ def test_command_names_follow_tags_x_cli_and_operation_ids() -> None:
         "createWidget": ("widgets", "make"),
         "spinWidgetFast": ("widgets", "spin-fast"),
         "ping": ("health",),  # the only operation of its tag: top-level, named after the tag
+        "joinClub": ("join-club",),  # … or by its x-cli command
     }
 
 

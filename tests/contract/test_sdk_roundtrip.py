@@ -26,8 +26,10 @@ from hangar_client.models import (
     ApiKeyCreated,
     ApiKeyList,
     ApiKeyStatus,
+    InvitationAcceptance,
     Me,
     Member,
+    MemberInvitation,
     MemberInvite,
     MemberList,
     MemberStatus,
@@ -121,12 +123,16 @@ def _problem(sdk: Sdk, status: int, operation_id: str, *args: object, **kwargs: 
     return response.parsed
 
 
-def _invite(w: World, role: Role = Role.MEMBER) -> Member:
-    member = w.owner.call(
+def _invitation(w: World, role: Role = Role.MEMBER) -> MemberInvitation:
+    invitation = w.owner.call(
         "inviteMember", w.organization_id, body=MemberInvite(email=unique_email("invitee"), role=role)
     )
-    assert isinstance(member, Member)
-    return member
+    assert isinstance(invitation, MemberInvitation) and isinstance(invitation.member, Member)
+    return invitation
+
+
+def _invite(w: World, role: Role = Role.MEMBER) -> Member:
+    return _invitation(w, role).member
 
 
 def _create_key(w: World, *scopes: Scope, expires_at: dt.datetime | None = None) -> ApiKeyCreated:
@@ -202,9 +208,29 @@ def _list_members(w: World) -> None:
 
 @roundtrip("inviteMember")
 def _invite_member(w: World) -> None:
-    member = _invite(w, Role.VIEWER)
+    invitation = _invitation(w, Role.VIEWER)
+    member = invitation.member
     assert member.organization_id == w.organization_id
     assert (member.role, member.status) == (Role.VIEWER, MemberStatus.INVITED)
+    assert invitation.invitation_token.startswith("hgi_")
+    assert isinstance(invitation.invitation_expires_at, dt.datetime)
+    assert invitation.invitation_expires_at > dt.datetime.now(dt.UTC) + dt.timedelta(days=6)
+
+
+@roundtrip("acceptInvitation")
+def _accept_invitation(w: World) -> None:
+    invitation = _invitation(w, Role.VIEWER)
+    body = InvitationAcceptance(token=invitation.invitation_token, password=PASSWORD, name="Invitee")
+    anonymous = w.owner.as_key(None)
+    joined = anonymous.call("acceptInvitation", body=body)
+    assert isinstance(joined, SignupResult)
+    assert joined.organization.id == w.organization_id and joined.user.id == invitation.member.user_id
+    assert joined.secret.startswith(joined.api_key.prefix + "_")
+    me = w.owner.as_key(joined.secret).call("getMe")
+    assert isinstance(me, Me) and me.role is Role.VIEWER and me.organization.id == w.organization_id
+    assert w.owner.call("getMember", w.organization_id, invitation.member.id).status is MemberStatus.ACTIVE
+    problem = _problem(anonymous, 404, "acceptInvitation", body=body)  # single use
+    assert problem.type_.endswith("/invitation-not-found")
 
 
 @roundtrip("getMember")

@@ -47,6 +47,7 @@ def sample_data(event_type: str) -> dict[str, Any]:
             "email": "c@d.example",
             "role": "admin",
         },
+        "member.joined": {"member_id": ids["member_id"], "user_id": ids["user_id"], "role": "member"},
         "member.role_changed": {
             "member_id": ids["member_id"],
             "user_id": ids["user_id"],

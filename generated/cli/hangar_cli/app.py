@@ -52,7 +52,8 @@ class Session:
         else:
             if not settings.api_key:
                 raise CliError(
-                    f"no API key: run `hangar signup` or set HANGAR_API_KEY (or `api_key` in {settings.path})"
+                    "no API key: run `hangar signup` (or `hangar accept-invitation`) or set HANGAR_API_KEY "
+                    f"(or `api_key` in {settings.path})"
                 )
             self.client = AuthenticatedClient(token=settings.api_key, **common)
 

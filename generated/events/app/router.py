@@ -15,7 +15,7 @@ from .messages import json
 
 
 class PublishapikeycreatedRouter(Publisher[json.ApiKeyCreated]):
-    """Published by signUp (the first key) and createApiKey."""
+    """Published by signUp and acceptInvitation (the first key) and by createApiKey."""
 
     class Inputs(Publisher.Inputs):
         """Base inputs (no channel parameters)."""
@@ -31,7 +31,7 @@ class PublishapikeycreatedRouter(Publisher[json.ApiKeyCreated]):
             action="send",
             title=None,
             summary=None,
-            description="Published by signUp (the first key) and createApiKey.",
+            description="Published by signUp and acceptInvitation (the first key) and by createApiKey.",
             channel=spec.Channel(
                 address="identity.api_key.created",
                 title=None,
@@ -340,6 +340,117 @@ class PublishmemberinvitedRouter(Publisher[json.MemberInvited]):
             external_docs=None,
             bindings=None,
             key="publishMemberInvited",
+        )
+
+        super().__init__(
+            operation=operation, wire_factory=wire_factory, codec_factory=codec_factory
+        )
+
+
+class PublishmemberjoinedRouter(Publisher[json.MemberJoined]):
+    """Published by acceptInvitation, in the same transaction that activates the membership."""
+
+    class Inputs(Publisher.Inputs):
+        """Base inputs (no channel parameters)."""
+
+        pass
+
+    def __init__(
+        self,
+        wire_factory: AbstractWireFactory[Any, Any],
+        codec_factory: CodecFactory[Any, Any],
+    ):
+        operation = spec.Operation(
+            action="send",
+            title=None,
+            summary=None,
+            description="Published by acceptInvitation, in the same transaction that activates the membership.",
+            channel=spec.Channel(
+                address="identity.member.joined",
+                title=None,
+                summary=None,
+                description="An invited person accepted their invitation; the membership is active.",
+                servers=[],
+                messages={
+                    "memberJoined": spec.Message(
+                        content_type="application/json",
+                        headers=None,
+                        payload={"$ref": "#/components/schemas/MemberJoinedEvent"},
+                        summary="An invited person accepted and joined with their role.",
+                        name="member.joined",
+                        title="Member joined",
+                        description=None,
+                        deprecated=None,
+                        correlation_id=None,
+                        tags=[],
+                        externalDocs=None,
+                        bindings=None,
+                        traits=[],
+                        key="",
+                    )
+                },
+                parameters={},
+                tags=[],
+                external_docs=None,
+                bindings=spec.ChannelBindings(
+                    http=None,
+                    amqp1=None,
+                    mqtt=None,
+                    nats=None,
+                    stomp=None,
+                    redis=None,
+                    solace=None,
+                    ws=None,
+                    amqp=spec.AmqpChannelBinding(
+                        type="routingKey",
+                        queue=None,
+                        exchange=spec.AmqpExchange(
+                            name="hangar.events",
+                            type=spec.AmqpExchangeType.TOPIC,
+                            durable=True,
+                            auto_delete=None,
+                            vhost="/",
+                            arguments=None,
+                        ),
+                        binding_version="0.3.0",
+                        extensions={},
+                    ),
+                    kafka=None,
+                    anypointmq=None,
+                    jms=None,
+                    sns=None,
+                    sqs=None,
+                    ibmmq=None,
+                    googlepubsub=None,
+                    pulsar=None,
+                ),
+                key="/ping/pubsub",
+            ),
+            messages=[
+                spec.Message(
+                    content_type="application/json",
+                    headers=None,
+                    payload={"$ref": "#/components/schemas/MemberJoinedEvent"},
+                    summary="An invited person accepted and joined with their role.",
+                    name="member.joined",
+                    title="Member joined",
+                    description=None,
+                    deprecated=None,
+                    correlation_id=None,
+                    tags=[],
+                    externalDocs=None,
+                    bindings=None,
+                    traits=[],
+                    key="",
+                )
+            ],
+            reply=None,
+            traits=[],
+            security=[],
+            tags=[],
+            external_docs=None,
+            bindings=None,
+            key="publishMemberJoined",
         )
 
         super().__init__(
@@ -811,6 +922,9 @@ class ProducerRouter:
             wire_factory, codec_factory
         )
         self.publish_member_invited = PublishmemberinvitedRouter(
+            wire_factory, codec_factory
+        )
+        self.publish_member_joined = PublishmemberjoinedRouter(
             wire_factory, codec_factory
         )
         self.publish_member_removed = PublishmemberremovedRouter(

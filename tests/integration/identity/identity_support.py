@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from handlers.identity import policy, published, services
+from handlers.identity import published, services
 from hangar.context import Principal, RequestContext
 from hangar.db import make_engine
 from hangar.outbox import OutboxEvent
@@ -49,29 +49,22 @@ class World:
         ctx.principal = self.principal(secret, ctx.now)
         return ctx
 
-    def member_with_key(
-        self, owner_secret: str, role: str, scopes: list[str] | None = None
-    ) -> tuple[services.Member, str]:
-        """Invite someone with `role`, and give them a key (as the runtime cannot: invited
-        people have no key until they sign up, so this writes one through the service)."""
+    def invite(self, owner_secret: str, role: str, email: str | None = None) -> services.InvitedMember:
         owner = self.ctx(owner_secret)
-        member = services.invite_member(
-            owner, owner.caller.organization_id, email=f"{role}-{uuid.uuid4().hex[:6]}@example.com", role=role
+        email = email or f"{role}-{uuid.uuid4().hex[:6]}@example.com"
+        invited = services.invite_member(owner, owner.caller.organization_id, email=email, role=role)
+        self.session.flush()
+        return invited
+
+    def member_with_key(self, owner_secret: str, role: str) -> tuple[services.Member, str]:
+        """Invite someone with `role`; they accept the invitation (setting their password)
+        and get their first key, holding every scope the role allows."""
+        invited = self.invite(owner_secret, role)
+        accepted = services.accept_invitation(
+            self.anonymous(), token=invited.token, password="correct-horse-battery", name=None
         )
         self.session.flush()
-        as_member = self.anonymous()
-        as_member.principal = Principal(
-            organization_id=member.membership.organization_id,
-            user_id=member.user.id,
-            api_key_id=uuid.uuid4(),
-            role=role,
-            scopes=policy.caps(role),
-        )
-        created = services.create_api_key(
-            as_member, name=f"{role} key", scopes=scopes or sorted(policy.caps(role)), expires_at=None
-        )
-        self.session.flush()
-        return member, created.secret
+        return invited.member, accepted.secret
 
     def events(self, event_type: str | None = None) -> list[dict[str, Any]]:
         self.session.flush()
@@ -99,25 +92,6 @@ class Backdoor:
         for row in rows:
             self._validate(row)
         return rows
-
-    def give_key(self, organization_id: str, user_id: str, role: str, scopes: list[str] | None = None) -> str:
-        """A key for a member, written through the service as that member would. The API has
-        no way yet for an invited person to get a key for the inviting organization (see the
-        identity report), so the tests mint one here."""
-        with Session(self.engine) as db:
-            ctx = RequestContext(request_id="req_test", session=db)
-            ctx.principal = Principal(
-                organization_id=uuid.UUID(organization_id),
-                user_id=uuid.UUID(user_id),
-                api_key_id=uuid.uuid4(),
-                role=role,
-                scopes=policy.caps(role),
-            )
-            created = services.create_api_key(
-                ctx, name=f"{role} key", scopes=scopes or sorted(policy.caps(role)), expires_at=None
-            )
-            db.commit()
-            return created.secret
 
     def execute(self, statement: Any) -> None:
         with Session(self.engine) as db:

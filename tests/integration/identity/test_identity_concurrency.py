@@ -17,7 +17,7 @@ from handlers.identity import policy, services
 from handlers.identity.tables import ApiKey, Membership
 from hangar.context import Principal, RequestContext
 from hangar.outbox import OutboxEvent
-from hangar.problems import Conflict
+from hangar.problems import Conflict, NotFound
 
 pytestmark = pytest.mark.postgres
 
@@ -72,7 +72,7 @@ def test_two_owners_demoting_each_other_leave_one_owner(committing_engine: Engin
             org_id,
             email=f"co-{uuid.uuid4().hex[:6]}@example.com",
             role="owner",
-        )
+        ).member
         first_member = session.scalars(select(Membership).where(Membership.user_id == first.user.id)).one()
         session.commit()
 
@@ -121,3 +121,32 @@ def test_concurrent_signups_with_one_email_make_one_user(committing_engine: Engi
     assert sum(isinstance(r, services.SignupResult) for r in results) == 1, results
     conflicts = [r for r in results if isinstance(r, Conflict)]
     assert len(conflicts) == 1 and conflicts[0].slug == "email-taken", results
+
+
+def test_two_acceptances_of_one_invitation_join_once(committing_engine: Engine) -> None:
+    owner = _signup(committing_engine)
+    org_id = owner.organization.id
+    with Session(committing_engine, expire_on_commit=False) as session:
+        invited = services.invite_member(
+            _as(session, org_id, owner.user.id, "owner"),
+            org_id,
+            email=f"once-{uuid.uuid4().hex[:6]}@example.com",
+            role="member",
+        )
+        session.commit()
+
+    def accept(session: Session) -> services.SignupResult:
+        ctx = RequestContext(request_id="req_race", session=session)
+        return services.accept_invitation(ctx, token=invited.token, password="correct-horse-battery", name=None)
+
+    results = _race(committing_engine, accept, accept)
+    assert sum(isinstance(r, services.SignupResult) for r in results) == 1, results
+    misses = [r for r in results if isinstance(r, NotFound)]
+    assert len(misses) == 1 and misses[0].slug == "invitation-not-found", results
+    with Session(committing_engine) as session:
+        keys = session.scalars(
+            select(ApiKey).where(ApiKey.organization_id == org_id, ApiKey.user_id == invited.member.user.id)
+        ).all()
+        joined = session.scalars(select(OutboxEvent).where(OutboxEvent.type == "member.joined")).all()
+    assert len(keys) == 1
+    assert [e.payload["data"]["member_id"] for e in joined].count(str(invited.member.membership.id)) == 1

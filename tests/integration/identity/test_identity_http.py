@@ -34,18 +34,32 @@ def assert_problem(response: Any, status: int, slug: str | None = None) -> dict[
     return body
 
 
-def invite(client: Any, owner: Any, email: str, role: str) -> dict[str, Any]:
+def invitation(client: Any, owner: Any, email: str, role: str) -> dict[str, Any]:
+    """inviteMember's whole response: the membership and its one-time invitation token."""
     response = client.post(
         f"/v1/organizations/{owner.organization_id}/members", headers=owner.headers, json={"email": email, "role": role}
     )
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()
+    assert body["invitation_token"].startswith("hgi_")
     return body
 
 
-def member_with_key(client: Any, backdoor: Backdoor, owner: Any, role: str) -> tuple[dict[str, Any], str]:
-    member = invite(client, owner, f"{role}-{uuid.uuid4().hex[:8]}@example.com", role)
-    return member, backdoor.give_key(owner.organization_id, member["user_id"], role)
+def invite(client: Any, owner: Any, email: str, role: str) -> dict[str, Any]:
+    """The new membership."""
+    member: dict[str, Any] = invitation(client, owner, email, role)["member"]
+    return member
+
+
+def member_with_key(client: Any, owner: Any, role: str) -> tuple[dict[str, Any], str]:
+    """Invite someone with `role`; they accept, and get their first key (every scope of the role)."""
+    invited = invitation(client, owner, f"{role}-{uuid.uuid4().hex[:8]}@example.com", role)
+    accepted = client.post(
+        "/v1/invitations/accept", json={"token": invited["invitation_token"], "password": "correct-horse-battery"}
+    )
+    assert accepted.status_code == 201, accepted.text
+    member = {**invited["member"], "status": "active"}
+    return member, accepted.json()["secret"]
 
 
 # --- signup and me ----------------------------------------------------------------------
@@ -187,9 +201,9 @@ def test_a_key_cannot_mint_a_stronger_key(client: Any, signup: Any) -> None:
     assert ok.status_code == 201, ok.text
 
 
-def test_a_role_caps_the_scopes_of_new_keys(client: Any, signup: Any, backdoor: Backdoor) -> None:
+def test_a_role_caps_the_scopes_of_new_keys(client: Any, signup: Any) -> None:
     owner = signup()
-    _member, secret = member_with_key(client, backdoor, owner, "viewer")
+    _member, secret = member_with_key(client, owner, "viewer")
     body = assert_problem(
         client.post(
             "/v1/api-keys", headers=auth(secret), json={"name": "x", "scopes": ["volumes:read", "volumes:write"]}
@@ -206,7 +220,7 @@ def test_a_role_caps_the_scopes_of_new_keys(client: Any, signup: Any, backdoor: 
 
 def test_demotion_weakens_existing_keys_at_once(client: Any, signup: Any, backdoor: Backdoor) -> None:
     owner = signup()
-    member, secret = member_with_key(client, backdoor, owner, "admin")
+    member, secret = member_with_key(client, owner, "admin")
     invite_path = f"/v1/organizations/{owner.organization_id}/members"
     assert client.get(invite_path, headers=auth(secret)).status_code == 200
     response = client.patch(f"{invite_path}/{member['id']}", headers=owner.headers, json={"role": "billing"})
@@ -284,10 +298,10 @@ def test_list_keys_newest_first_in_pages(client: Any, signup: Any) -> None:
     assert_problem(client.get("/v1/api-keys", headers=tenant.headers, params={"cursor": "bm90LWEtY3Vyc29y"}), 400)
 
 
-def test_others_see_only_their_own_keys(client: Any, signup: Any, backdoor: Backdoor) -> None:
+def test_others_see_only_their_own_keys(client: Any, signup: Any) -> None:
     owner = signup()
-    member, member_secret = member_with_key(client, backdoor, owner, "member")
-    _admin, admin_secret = member_with_key(client, backdoor, owner, "admin")
+    member, member_secret = member_with_key(client, owner, "member")
+    _admin, admin_secret = member_with_key(client, owner, "admin")
 
     listed = client.get("/v1/api-keys", headers=auth(member_secret)).json()["data"]
     assert {k["user_id"] for k in listed} == {member["user_id"]}
@@ -365,10 +379,10 @@ def test_invite_list_get_members(client: Any, signup: Any, backdoor: Backdoor) -
     }
 
 
-def test_only_owners_make_owners(client: Any, signup: Any, backdoor: Backdoor) -> None:
+def test_only_owners_make_owners(client: Any, signup: Any) -> None:
     owner = signup()
     base = f"/v1/organizations/{owner.organization_id}/members"
-    _admin, admin_secret = member_with_key(client, backdoor, owner, "admin")
+    _admin, admin_secret = member_with_key(client, owner, "admin")
     assert_problem(client.post(base, headers=auth(admin_secret), json={"email": "o@example.com", "role": "owner"}), 403)
     viewer = invite(client, owner, "v@example.com", "viewer")
     assert_problem(client.patch(f"{base}/{viewer['id']}", headers=auth(admin_secret), json={"role": "owner"}), 403)
@@ -396,7 +410,7 @@ def test_the_last_owner_stays(client: Any, signup: Any) -> None:
 
 def test_removing_a_member_revokes_their_keys(client: Any, signup: Any, backdoor: Backdoor) -> None:
     owner = signup()
-    member, secret = member_with_key(client, backdoor, owner, "member")
+    member, secret = member_with_key(client, owner, "member")
     second = client.post(
         "/v1/api-keys", headers=auth(secret), json={"name": "two", "scopes": ["instances:read"]}
     ).json()

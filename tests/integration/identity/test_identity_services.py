@@ -65,14 +65,17 @@ def test_signup_email_is_unique_case_insensitively(world: World) -> None:
 def test_an_invited_person_signing_up_claims_their_user(world: World) -> None:
     owner = world.signup()
     ctx = world.ctx(owner.secret)
-    invited = services.invite_member(ctx, ctx.caller.organization_id, email="lin@example.com", role="member")
+    invited = services.invite_member(ctx, ctx.caller.organization_id, email="lin@example.com", role="member").member
     world.session.flush()
     assert invited.user.status == "invited" and invited.user.password_hash is None
 
     theirs = world.signup("Lin@example.com", "Lin's org")
     assert theirs.user.id == invited.user.id
     world.session.refresh(invited.user)
-    assert invited.user.status == "active"  # their membership in Acme is now active too
+    world.session.refresh(invited.membership)
+    assert invited.user.status == "active"
+    # Their place in Acme waits for them to accept the invitation (with this password).
+    assert invited.membership.status == "invited"
     with pytest.raises(Conflict):  # and the address cannot be claimed twice
         world.signup("lin@example.com")
 
@@ -257,7 +260,7 @@ def test_invite_creates_an_invited_user_and_emits(world: World, event_validator:
     owner = world.signup()
     ctx = world.ctx(owner.secret)
     org_id = ctx.caller.organization_id
-    member = services.invite_member(ctx, org_id, email="Bo@Example.com", role="viewer")
+    member = services.invite_member(ctx, org_id, email="Bo@Example.com", role="viewer").member
     assert member.user.status == "invited" and member.membership.role == "viewer"
     event = world.events("member.invited")[-1]
     event_validator(event)
@@ -276,7 +279,7 @@ def test_inviting_an_existing_user_reuses_them(world: World) -> None:
     other = world.signup("eve@example.com", "Other")
     owner = world.signup()
     ctx = world.ctx(owner.secret)
-    member = services.invite_member(ctx, ctx.caller.organization_id, email="EVE@example.com", role="member")
+    member = services.invite_member(ctx, ctx.caller.organization_id, email="EVE@example.com", role="member").member
     assert member.user.id == other.user.id
     assert world.session.scalars(select(User).where(User.email_normalized == "eve@example.com")).all() == [member.user]
 
@@ -294,7 +297,7 @@ def test_only_owners_grant_or_touch_owner(world: World) -> None:
         services.update_member(admin, org_id, owner_member.id, role="viewer")
     with pytest.raises(Forbidden):
         services.remove_member(admin, org_id, owner_member.id)
-    viewer = services.invite_member(admin, org_id, email="v@example.com", role="viewer")
+    viewer = services.invite_member(admin, org_id, email="v@example.com", role="viewer").member
     with pytest.raises(Forbidden):
         services.update_member(admin, org_id, viewer.membership.id, role="owner")
     assert services.update_member(admin, org_id, viewer.membership.id, role="member").membership.role == "member"
@@ -310,7 +313,7 @@ def test_role_change_emits_and_last_owner_cannot_be_demoted(world: World, event_
         services.update_member(ctx, org_id, owner_member.id, role="admin")
     assert err.value.slug == "last-owner"
 
-    second = services.invite_member(ctx, org_id, email="co@example.com", role="owner")
+    second = services.invite_member(ctx, org_id, email="co@example.com", role="owner").member
     services.update_member(ctx, org_id, owner_member.id, role="admin")  # now allowed: another owner exists
     event = world.events("member.role_changed")[-1]
     event_validator(event)

@@ -7,8 +7,10 @@ from .api_key_created import ApiKeyCreated
 from .api_key_list import ApiKeyList
 from .api_key_status import ApiKeyStatus
 from .field_error import FieldError
+from .invitation_acceptance import InvitationAcceptance
 from .me import Me
 from .member import Member
+from .member_invitation import MemberInvitation
 from .member_invite import MemberInvite
 from .member_list import MemberList
 from .member_status import MemberStatus
@@ -29,8 +31,10 @@ __all__ = (
     "ApiKeyList",
     "ApiKeyStatus",
     "FieldError",
+    "InvitationAcceptance",
     "Me",
     "Member",
+    "MemberInvitation",
     "MemberInvite",
     "MemberList",
     "MemberStatus",

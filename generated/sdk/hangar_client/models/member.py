@@ -26,7 +26,8 @@ class Member:
             all, `member` everything but members and billing writes, `billing` billing and reads,
             `viewer` reads only.
              Example: member.
-        status (MemberStatus): `invited` until the person signs in for the first time, then `active`. Example: active.
+        status (MemberStatus): `invited` until the person accepts the invitation (acceptInvitation), then `active`.
+            Example: active.
         updated_at (datetime.datetime): When the membership last changed. Example: 2026-11-28T10:00:00Z.
         user_id (UUID): The member's user. Example: 9d4e1f22-0a7b-4c3d-8e5f-6a7b8c9d0e1f.
     """

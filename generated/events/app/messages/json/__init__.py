@@ -11,6 +11,7 @@ from generated.events import models
 ApiKeyCreated = models.ApiKeyCreatedEvent
 ApiKeyRevoked = models.ApiKeyRevokedEvent
 MemberInvited = models.MemberInvitedEvent
+MemberJoined = models.MemberJoinedEvent
 MemberRemoved = models.MemberRemovedEvent
 MemberRoleChanged = models.MemberRoleChangedEvent
 OrganizationCreated = models.OrganizationCreatedEvent
@@ -20,6 +21,7 @@ __all__ = [
     "ApiKeyCreated",
     "ApiKeyRevoked",
     "MemberInvited",
+    "MemberJoined",
     "MemberRemoved",
     "MemberRoleChanged",
     "OrganizationCreated",

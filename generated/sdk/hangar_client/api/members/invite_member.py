@@ -8,7 +8,7 @@ import httpx
 
 from ... import errors
 from ...client import AuthenticatedClient, Client
-from ...models.member import Member
+from ...models.member_invitation import MemberInvitation
 from ...models.member_invite import MemberInvite
 from ...models.problem import Problem
 from ...retry import new_idempotency_key, send_async, send_sync
@@ -40,9 +40,11 @@ def _get_kwargs(
     return _kwargs
 
 
-def _parse_response(*, client: AuthenticatedClient | Client, response: httpx.Response) -> Member | Problem | None:
+def _parse_response(
+    *, client: AuthenticatedClient | Client, response: httpx.Response
+) -> MemberInvitation | Problem | None:
     if response.status_code == 201:
-        response_201 = Member.from_dict(response.json())
+        response_201 = MemberInvitation.from_dict(response.json())
 
         return response_201
 
@@ -92,7 +94,9 @@ def _parse_response(*, client: AuthenticatedClient | Client, response: httpx.Res
         return None
 
 
-def _build_response(*, client: AuthenticatedClient | Client, response: httpx.Response) -> Response[Member | Problem]:
+def _build_response(
+    *, client: AuthenticatedClient | Client, response: httpx.Response
+) -> Response[MemberInvitation | Problem]:
     return Response(
         status_code=HTTPStatus(response.status_code),
         content=response.content,
@@ -107,11 +111,15 @@ def sync_detailed(
     client: AuthenticatedClient,
     body: MemberInvite,
     idempotency_key: str | Unset = UNSET,
-) -> Response[Member | Problem]:
+) -> Response[MemberInvitation | Problem]:
     """Invite a member
 
      Invites a person by e-mail with a role. A person who has no Hangar user yet gets one in
     state `invited`. Only owners can invite owners.
+    The response carries an invitation token, shown once and stored only as a hash: hand it
+    to the person, who joins with acceptInvitation within 7 days. The membership stays
+    `invited` (and grants nothing) until then; to issue a new token, remove the membership
+    and invite again.
 
     Args:
         organization_id (UUID):
@@ -123,7 +131,7 @@ def sync_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[Member | Problem]
+        Response[MemberInvitation | Problem]
     """
 
     if isinstance(idempotency_key, Unset):
@@ -147,11 +155,15 @@ def sync(
     client: AuthenticatedClient,
     body: MemberInvite,
     idempotency_key: str | Unset = UNSET,
-) -> Member | Problem | None:
+) -> MemberInvitation | Problem | None:
     """Invite a member
 
      Invites a person by e-mail with a role. A person who has no Hangar user yet gets one in
     state `invited`. Only owners can invite owners.
+    The response carries an invitation token, shown once and stored only as a hash: hand it
+    to the person, who joins with acceptInvitation within 7 days. The membership stays
+    `invited` (and grants nothing) until then; to issue a new token, remove the membership
+    and invite again.
 
     Args:
         organization_id (UUID):
@@ -163,7 +175,7 @@ def sync(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Member | Problem
+        MemberInvitation | Problem
     """
 
     return sync_detailed(
@@ -180,11 +192,15 @@ async def asyncio_detailed(
     client: AuthenticatedClient,
     body: MemberInvite,
     idempotency_key: str | Unset = UNSET,
-) -> Response[Member | Problem]:
+) -> Response[MemberInvitation | Problem]:
     """Invite a member
 
      Invites a person by e-mail with a role. A person who has no Hangar user yet gets one in
     state `invited`. Only owners can invite owners.
+    The response carries an invitation token, shown once and stored only as a hash: hand it
+    to the person, who joins with acceptInvitation within 7 days. The membership stays
+    `invited` (and grants nothing) until then; to issue a new token, remove the membership
+    and invite again.
 
     Args:
         organization_id (UUID):
@@ -196,7 +212,7 @@ async def asyncio_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[Member | Problem]
+        Response[MemberInvitation | Problem]
     """
 
     if isinstance(idempotency_key, Unset):
@@ -220,11 +236,15 @@ async def asyncio(
     client: AuthenticatedClient,
     body: MemberInvite,
     idempotency_key: str | Unset = UNSET,
-) -> Member | Problem | None:
+) -> MemberInvitation | Problem | None:
     """Invite a member
 
      Invites a person by e-mail with a role. A person who has no Hangar user yet gets one in
     state `invited`. Only owners can invite owners.
+    The response carries an invitation token, shown once and stored only as a hash: hand it
+    to the person, who joins with acceptInvitation within 7 days. The membership stays
+    `invited` (and grants nothing) until then; to issue a new token, remove the membership
+    and invite again.
 
     Args:
         organization_id (UUID):
@@ -236,7 +256,7 @@ async def asyncio(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Member | Problem
+        MemberInvitation | Problem
     """
 
     return (
