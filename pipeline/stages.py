@@ -42,8 +42,15 @@ def input_files(stage: Stage, out_root: Path) -> list[Path]:
             base, rel = out_root, pattern.removeprefix("generated/")
         else:
             base, rel = ROOT, pattern
-        files.update(p for p in base.glob(rel) if p.is_file() and "__pycache__" not in p.parts)
+        files.update(p for p in base.glob(rel) if p.is_file() and not _is_cache(p.relative_to(base)))
     return sorted(files)
+
+
+def _is_cache(rel: Path) -> bool:
+    """Tool caches and install metadata (ruff's .ruff_cache, __pycache__, pip's egg-info)
+    sit beside inputs on a developer's machine but not in a fresh clone; they must not
+    change a stamp."""
+    return any(part.startswith(".") or part == "__pycache__" or part.endswith(".egg-info") for part in rel.parts)
 
 
 def stamp(stage: Stage, out_root: Path) -> str:

@@ -1,0 +1,39 @@
+"""Stamps decide whether a stage reruns; they must depend on inputs only, never on caches
+that exist on one machine and not in a fresh clone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline import stages
+from pipeline.stages import Stage, stamp
+
+
+def _stage(pattern: str) -> Stage:
+    return Stage(name="probe", inputs=(pattern,), outputs=(), run=lambda out: None, salt="v1")
+
+
+def test_stamp_ignores_tool_caches_and_install_metadata(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stages, "ROOT", tmp_path)
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "a.j2").write_text("hello")
+    before = stamp(_stage("templates/**/*"), tmp_path / "out")
+    for cache in (".ruff_cache/0.17.5/x", "__pycache__/a.pyc", "pkg.egg-info/PKG-INFO"):
+        path = tmp_path / "templates" / cache
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("noise")
+    assert stamp(_stage("templates/**/*"), tmp_path / "out") == before
+
+
+def test_stamp_changes_with_an_input_and_with_the_salt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stages, "ROOT", tmp_path)
+    (tmp_path / "templates").mkdir()
+    source = tmp_path / "templates" / "a.j2"
+    source.write_text("hello")
+    first = stamp(_stage("templates/*"), tmp_path / "out")
+    source.write_text("hello!")
+    assert stamp(_stage("templates/*"), tmp_path / "out") != first
+    salted = Stage(name="probe", inputs=("templates/*",), outputs=(), run=lambda out: None, salt="v2")
+    assert stamp(salted, tmp_path / "out") != stamp(_stage("templates/*"), tmp_path / "out")
