@@ -35,15 +35,21 @@ class Stage:
     after: tuple[str, ...] = field(default=())
 
 
-def input_files(stage: Stage, out_root: Path) -> list[Path]:
-    files: set[Path] = set()
+def input_files(stage: Stage, out_root: Path) -> list[tuple[str, Path]]:
+    """(name, path) of every input, sorted by name. Names are relative to the repository
+    root, or to the output root for inputs under generated/, so a stamp computed in a
+    temporary tree (`codegen.py check`) equals the one computed in the real one."""
+    files: dict[str, Path] = {}
     for pattern in stage.inputs:
         if pattern.startswith("generated/"):
-            base, rel = out_root, pattern.removeprefix("generated/")
+            base, rel, prefix = out_root, pattern.removeprefix("generated/"), "generated/"
         else:
-            base, rel = ROOT, pattern
-        files.update(p for p in base.glob(rel) if p.is_file() and not _is_cache(p.relative_to(base)))
-    return sorted(files)
+            base, rel, prefix = ROOT, pattern, ""
+        for path in base.glob(rel):
+            relative = path.relative_to(base)
+            if path.is_file() and not _is_cache(relative):
+                files[prefix + relative.as_posix()] = path
+    return sorted(files.items())
 
 
 def _is_cache(rel: Path) -> bool:
@@ -55,9 +61,8 @@ def _is_cache(rel: Path) -> bool:
 
 def stamp(stage: Stage, out_root: Path) -> str:
     digest = hashlib.sha256(stage.salt.encode())
-    for path in input_files(stage, out_root):
-        rel = path.relative_to(out_root if path.is_relative_to(out_root) else ROOT)
-        digest.update(str(rel).encode() + b"\0" + path.read_bytes() + b"\0")
+    for name, path in input_files(stage, out_root):
+        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
 

@@ -37,3 +37,22 @@ def test_stamp_changes_with_an_input_and_with_the_salt(tmp_path: Path, monkeypat
     assert stamp(_stage("templates/*"), tmp_path / "out") != first
     salted = Stage(name="probe", inputs=("templates/*",), outputs=(), run=lambda out: None, salt="v2")
     assert stamp(salted, tmp_path / "out") != stamp(_stage("templates/*"), tmp_path / "out")
+
+
+def test_stamp_is_the_same_in_a_temporary_output_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `codegen.py check` regenerates under /tmp/...; the names hashed must not depend on
+    # where the output tree lives, nor sort differently because of it.
+    monkeypatch.setattr(stages, "ROOT", tmp_path / "repo")
+    (tmp_path / "repo" / "pipeline").mkdir(parents=True)
+    (tmp_path / "repo" / "pipeline" / "gen.py").write_text("x = 1")
+    stage = Stage(name="probe", inputs=("generated/openapi.json", "pipeline/gen.py"), outputs=(), run=lambda out: None)
+    stamps = []
+    for out in (
+        tmp_path / "repo" / "generated",
+        tmp_path / "zzz-elsewhere" / "generated",
+        tmp_path / "aaa" / "generated",
+    ):
+        out.mkdir(parents=True)
+        (out / "openapi.json").write_text("{}")
+        stamps.append(stamp(stage, out))
+    assert len(set(stamps)) == 1
