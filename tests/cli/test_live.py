@@ -122,12 +122,12 @@ def test_api_key_lifecycle(account: Account) -> None:
     assert created["secret"].startswith("hgr_") and sorted(key["scopes"]) == ["api-keys:read", "instances:read"]
     listed = account.ok("api-keys", "list")
     assert key["id"] in {k["id"] for k in listed["data"]} and listed["next_cursor"] is None
-    fetched = account.ok("api-keys", "get", "--api-key-id", key["id"])
+    fetched = account.ok("api-keys", "get", key["id"])
     assert fetched["name"] == "ci" and "secret" not in fetched
     table = account.run("api-keys", "list", "--output", "table")
     assert table.code == 0 and key["id"] in table.out and "prefix" in table.out
-    assert account.ok("api-keys", "revoke", "--api-key-id", key["id"]) is None
-    assert account.ok("api-keys", "get", "--api-key-id", key["id"])["status"] == "revoked"
+    assert account.ok("api-keys", "revoke", key["id"]) is None
+    assert account.ok("api-keys", "get", key["id"])["status"] == "revoked"
     # A revoked key no longer authenticates (given through the environment this time).
     with_key = account.run("api-keys", "list", env={"HANGAR_API_KEY": created["secret"]})
     assert with_key.code == 1 and "(401)" in with_key.err
@@ -169,9 +169,9 @@ def test_member_lifecycle_uses_the_configured_organization(account: Account) -> 
     invited = invitation["member"]
     assert invited["status"] == "invited" and invited["role"] == "member"
     assert email in {m["email"] for m in account.ok("members", "list")["data"]}
-    assert account.ok("members", "get", "--member-id", invited["id"])["email"] == email
-    assert account.ok("members", "update", "--member-id", invited["id"], "--role", "viewer")["role"] == "viewer"
-    assert account.ok("members", "remove", "--member-id", invited["id"]) is None
+    assert account.ok("members", "get", invited["id"])["email"] == email
+    assert account.ok("members", "update", invited["id"], "--role", "viewer")["role"] == "viewer"
+    assert account.ok("members", "remove", invited["id"]) is None
     assert email not in {m["email"] for m in account.ok("members", "list")["data"]}
 
 
@@ -234,7 +234,7 @@ def test_a_bad_key_exits_1_with_the_problem(account: Account) -> None:
 
 def test_an_unknown_id_is_a_404_message(account: Account) -> None:
     missing = str(uuid.uuid4())
-    result = account.run("api-keys", "get", "--api-key-id", missing)
+    result = account.run("api-keys", "get", missing)
     assert result.code == 1
     assert "(404)" in result.err and "request_id" in result.err
 
@@ -248,6 +248,6 @@ def test_another_tenants_resource_is_a_404(account: Account, live_server: Any, t
     )  # fmt: skip
     assert signup.code == 0, signup
     mine = account.signup["api_key"]["id"]
-    result = hangar("api-keys", "get", "--api-key-id", mine, config=other)
+    result = hangar("api-keys", "get", mine, config=other)
     assert result.code == 1 and "(404)" in result.err
     assert mine not in result.out

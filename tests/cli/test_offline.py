@@ -92,7 +92,7 @@ def test_top_level_help_lists_groups_and_single_commands(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("api-keys", "get", "--api-key-id", "not-a-uuid"), "not a UUID"),
+        (("api-keys", "get", "not-a-uuid"), "not a UUID"),
         (("api-keys", "create", "--name", "ci", "--scope", "nope"), "invalid choice"),
         (("api-keys", "create", "--name", "ci"), "--scope"),
         (("api-keys", "create", "--body", "{not json"), "not valid JSON"),

@@ -91,6 +91,13 @@ def _add_flag(parser: argparse._ActionsContainer, flag: Flag) -> None:
         if flag.choices:
             kwargs["choices"] = flag.choices
             text = f"{text} One of: {', '.join(flag.choices)}.".strip()
+    if flag.location == "path" and flag.required:
+        # A path parameter the CLI cannot default names the resource: it is positional, as
+        # in `hangar api-keys get KEY_ID` (doctl, linode-cli and kubectl do the same).
+        dest = kwargs.pop("dest")
+        del kwargs["default"], kwargs["required"]
+        parser.add_argument(dest, help=_escape(text), **kwargs)
+        return
     parser.add_argument(flag.option, help=_escape(text), **kwargs)
 
 
