@@ -71,8 +71,10 @@ def test_app_conforms_to_its_spec(contract_app: HangarApp) -> None:
     assert result.statistic.errored_cases == 0
     assert result.stop_reason == "completed"
     assert set(result.checks_run) >= EXPECTED_CHECKS, sorted(EXPECTED_CHECKS - set(result.checks_run))
-    # Every phase ran (none skipped: a stateful phase without links would be silently empty).
-    assert result.phase_status.get("stateful") == "success", result.phase_status
+    # Every testing phase ran and passed (a skipped one, e.g. stateful without links, would
+    # otherwise go unnoticed).
+    for phase in ("examples", "coverage", "fuzzing", "stateful"):
+        assert result.phase_status.get(phase) == "success", result.phase_status
     assert result.linked_cases > 0, "no stateful step followed a link"
     assert set(result.cases_per_operation) == set(OPERATIONS)
     assert result.total_cases >= MIN_TOTAL_CASES, result.summary()
