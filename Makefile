@@ -45,10 +45,21 @@ worker: $(STAMP) ## outbox relay and consumers (needs HANGAR_BROKER_URL for a se
 test: $(STAMP) ## the whole suite: lint, codegen check, unit, integration (SQLite + PostgreSQL), contract, CLI
 	bash scripts/test.sh
 
+contract: $(STAMP) ## only the contract stage: schemathesis, SDK round trip, security matrix
+	$(BIN)/pytest -q tests/contract
+
+test-postgres: $(STAMP) ## unit, integration and contract tests on the PostgreSQL at 127.0.0.1:5432
+	bash scripts/services.sh
+	$(BIN)/pytest -q --db=postgresql tests/unit tests/integration tests/contract
+
+format: $(STAMP) ## ruff format + autofix on hand-written code
+	$(BIN)/ruff format hangar handlers pipeline tests bench codegen.py
+	$(BIN)/ruff check --fix hangar handlers pipeline tests bench codegen.py
+
 bench: $(STAMP) ## benchmarks (by hand; prints figures)
 	bash bench/run_all.sh
 
 clean: ## remove .hangar/ state and caches (keeps .venv)
 	rm -rf .hangar .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help install generate lint-specs check lint migrate run worker test bench clean
+.PHONY: help install generate lint-specs check lint migrate run worker test contract test-postgres format bench clean
