@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from hangar import problems
-from hangar.problems import Problem, problem_body
+from hangar.problems import MethodNotAllowed, PayloadTooLarge, Problem, UnsupportedMediaType, problem_body
 
 log = logging.getLogger("hangar.errors")
 
@@ -37,29 +37,17 @@ _KINDS: dict[int, tuple[str, str]] = {
     401: (problems.Unauthorized.slug, problems.Unauthorized.title),
     403: (problems.Forbidden.slug, problems.Forbidden.title),
     404: (problems.NotFound.slug, problems.NotFound.title),
-    405: ("method-not-allowed", "Method Not Allowed"),
+    405: (MethodNotAllowed.slug, MethodNotAllowed.title),
     406: ("not-acceptable", "Not Acceptable"),
     409: (problems.Conflict.slug, problems.Conflict.title),
-    413: ("payload-too-large", "Payload Too Large"),
-    415: ("unsupported-media-type", "Unsupported Media Type"),
+    413: (PayloadTooLarge.slug, PayloadTooLarge.title),
+    415: (UnsupportedMediaType.slug, UnsupportedMediaType.title),
     422: (problems.Unprocessable.slug, problems.Unprocessable.title),
     429: (problems.TooManyRequests.slug, problems.TooManyRequests.title),
     500: (Problem.slug, Problem.title),
 }
 
 INTERNAL_DETAIL = "An unexpected error occurred. Quote the request id when you report it."
-
-
-class MethodNotAllowed(Problem):
-    status, slug, title = 405, "method-not-allowed", "Method Not Allowed"
-
-
-class UnsupportedMediaType(Problem):
-    status, slug, title = 415, "unsupported-media-type", "Unsupported Media Type"
-
-
-class PayloadTooLarge(Problem):
-    status, slug, title = 413, "payload-too-large", "Payload Too Large"
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

@@ -25,7 +25,7 @@ from hangar.errors import render_problem
 from hangar.idempotency import Claim, IdempotencyStore, StoredResponse, fingerprint
 from hangar.problems import Conflict, Problem
 from hangar.requestid import RequestState, current_state
-from hangar.security import Gatekeeper
+from hangar.security import Gatekeeper, Guarded
 
 log = logging.getLogger("hangar.invoke")
 
@@ -34,15 +34,10 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 _KEPT_HEADERS = ("content-type", "location")
 
 
-class Invocable(Protocol):
-    """What invoke needs to know about an operation (generated.routing.Operation)."""
+class Invocable(Guarded, Protocol):
+    """What invoke needs to know about an operation (generated.routing.Operation), beyond
+    what the security gate needs."""
 
-    @property
-    def operation_id(self) -> str: ...
-    @property
-    def public(self) -> bool: ...
-    @property
-    def scopes(self) -> tuple[str, ...]: ...
     @property
     def idempotent(self) -> bool: ...
     @property

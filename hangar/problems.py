@@ -84,12 +84,24 @@ class NotFound(Problem):
     status, slug, title = 404, "not-found", "Not Found"
 
 
+class MethodNotAllowed(Problem):
+    status, slug, title = 405, "method-not-allowed", "Method Not Allowed"
+
+
 class Conflict(Problem):
     status, slug, title = 409, "conflict", "Conflict"
 
 
 class Unprocessable(Problem):
     status, slug, title = 422, "unprocessable", "Unprocessable Entity"
+
+
+class PayloadTooLarge(Problem):
+    status, slug, title = 413, "payload-too-large", "Payload Too Large"
+
+
+class UnsupportedMediaType(Problem):
+    status, slug, title = 415, "unsupported-media-type", "Unsupported Media Type"
 
 
 class TooManyRequests(Problem):

@@ -37,8 +37,7 @@ from connexion.utils import is_nullable
 from connexion.validators import AbstractRequestBodyValidator, AbstractResponseBodyValidator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hangar.errors import PayloadTooLarge, UnsupportedMediaType
-from hangar.problems import BadRequest
+from hangar.problems import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from hangar.requestid import state_of
 
 log = logging.getLogger("hangar.validators")
