@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import sdk
-from pipeline.stages import ROOT, Stage
+from pipeline.stages import ROOT, Stage, json_text
 
 TEMPLATES = ROOT / "templates" / "cli"
 PACKAGE = "hangar_cli"
@@ -484,9 +484,8 @@ def render_cli(spec: dict[str, Any], project_dir: Path) -> None:
     (package / "py.typed").write_text("", encoding="utf-8")
     sdk.ruff_format(project_dir, TEMPLATES / "ruff.toml")
     sdk.add_headers(project_dir)
-    # JSON has no comments: commands.json is a plain map that codegen's coverage table reads.
-    text = json.dumps(command_map(commands), indent=2, sort_keys=True) + "\n"
-    (package / "commands.json").write_text(text, encoding="utf-8")
+    # {operationId: command} for codegen's coverage table, headed by the `x-generated` key.
+    (package / "commands.json").write_text(json_text(command_map(commands)), encoding="utf-8")
 
 
 def run(out_root: Path) -> None:

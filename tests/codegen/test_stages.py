@@ -56,3 +56,29 @@ def test_stamp_is_the_same_in_a_temporary_output_tree(tmp_path: Path, monkeypatc
         (out / "openapi.json").write_text("{}")
         stamps.append(stamp(stage, out))
     assert len(set(stamps)) == 1
+
+
+def test_every_committed_generated_file_is_headed() -> None:
+    import subprocess
+
+    tracked = subprocess.run(
+        ["git", "ls-files", "generated"], cwd=stages.ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert tracked, "generated/ is tracked"
+    for rel in tracked:
+        path = stages.ROOT / rel
+        if path.suffix in (".typed",) or path.stat().st_size == 0:
+            continue  # empty marker files (py.typed) have nothing to head
+        head = path.read_text(encoding="utf-8").splitlines()[:2]
+        assert any(stages.HEADER in line for line in head), f"{rel} does not start with the header: {head!r}"
+
+
+def test_json_text_puts_the_header_first_and_sorts_the_rest() -> None:
+    import json
+
+    text = stages.json_text({"b": 1, "a": {"d": 2, "c": 3}})
+    assert text.splitlines()[1] == f'  "x-generated": "{stages.HEADER}",'
+    assert list(json.loads(text)) == ["x-generated", "a", "b"]
+    assert stages.json_text({}) == '{\n  "x-generated": "' + stages.HEADER + '"\n}\n'
+    with pytest.raises(ValueError, match="reserved"):
+        stages.json_text({"x-generated": "forged"})
