@@ -169,4 +169,3 @@ class Invoker:
             self._idempotency.release(claim)
             raise
         return response
-        return response
