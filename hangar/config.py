@@ -34,7 +34,6 @@ class Settings:
     broker_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080
-    driver: str = "local"
     # Response validation costs throughput; on in tests and CI, off by default in `make run`.
     validate_responses: bool = False
     # Requests per minute per API key, and per client address for public operations.
@@ -51,7 +50,6 @@ class Settings:
             "broker_url": os.environ.get("HANGAR_BROKER_URL") or None,
             "host": os.environ.get("HANGAR_HOST", "127.0.0.1"),
             "port": _int("HANGAR_PORT", 8080),
-            "driver": os.environ.get("HANGAR_DRIVER", "local"),
             "validate_responses": _bool("HANGAR_VALIDATE_RESPONSES", False),
             "rate_limit_per_minute": _int("HANGAR_RATE_LIMIT_PER_MINUTE", 600),
             "public_rate_limit_per_minute": _int("HANGAR_PUBLIC_RATE_LIMIT_PER_MINUTE", 20),
