@@ -23,24 +23,14 @@ def sign_up(ctx: RequestContext, body: models.SignupRequest) -> models.SignupRes
         organization_name=body.organization,
         name=body.name,
     )
-    return models.SignupResult(
-        organization=_organization(result.organization),
-        user=_user(result.user),
-        api_key=_api_key(ctx, result.api_key),
-        secret=result.secret,
-    )
+    return _credentials(ctx, result)
 
 
 def accept_invitation(ctx: RequestContext, body: models.InvitationAcceptance) -> models.SignupResult:
     result = services.accept_invitation(
         ctx, token=body.token, password=body.password.get_secret_value(), name=body.name
     )
-    return models.SignupResult(
-        organization=_organization(result.organization),
-        user=_user(result.user),
-        api_key=_api_key(ctx, result.api_key),
-        secret=result.secret,
-    )
+    return _credentials(ctx, result)
 
 
 def get_me(ctx: RequestContext) -> models.Me:
@@ -115,6 +105,16 @@ def revoke_api_key(ctx: RequestContext, api_key_id: uuid.UUID) -> None:
 
 
 # --- rows → API models (explicit fields: nothing leaks by accident, e.g. key_hash) ------
+
+
+def _credentials(ctx: RequestContext, result: services.SignupResult) -> models.SignupResult:
+    """What signing up and accepting an invitation both return: the caller's new key, once."""
+    return models.SignupResult(
+        organization=_organization(result.organization),
+        user=_user(result.user),
+        api_key=_api_key(ctx, result.api_key),
+        secret=result.secret,
+    )
 
 
 def _organization(org: Organization) -> models.Organization:
