@@ -34,15 +34,6 @@ class Problem(Exception):  # noqa: N818 - named for RFC 9457, not as a Python er
         self.errors = errors
         self.headers = headers or {}
 
-    @property
-    def type(self) -> str:
-        return PROBLEM_BASE + self.slug
-
-    def body(self, request_id: str, instance: str | None = None) -> dict[str, Any]:
-        return problem_body(
-            self.status, self.title, self.detail, request_id, slug=self.slug, instance=instance, errors=self.errors
-        )
-
 
 def problem_body(
     status: int,
