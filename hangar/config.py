@@ -16,6 +16,16 @@ def _bool(name: str, default: bool) -> bool:
     return raw.strip().lower() in ("1", "true", "yes", "on")
 
 
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise SystemExit(f"{name} must be a number, got {raw!r}") from exc
+
+
 def _int(name: str, default: int) -> int:
     raw = os.environ.get(name)
     if raw is None or raw == "":
@@ -43,6 +53,22 @@ class Settings:
     # Deliver outbox events in-process right after commit (embedded mode) and run the relay loop.
     run_relay: bool = True
     log_json: bool = False
+    # Host driver: "local" (real sandboxed processes under instances_dir) or "sim" (a simulated
+    # fleet, deterministic from sim_seed). See docs/compute.md.
+    driver: str = "local"
+    instances_dir: Path = field(default_factory=lambda: ROOT / ".hangar" / "instances")
+    # sim driver: base duration of a host operation (each instance varies it 0.5×–1.5×) and the
+    # share of creates/starts that fail on the host.
+    sim_seed: int = 1
+    sim_delay_ms: int = 1500
+    sim_failure_rate: float = 0.0
+    # Provisioning saga: how often the runner looks for due steps, and how many hosts a create
+    # tries before the instance fails.
+    saga_poll_seconds: float = 0.5
+    saga_max_attempts: int = 3
+    # Default per-organization quota (operators raise it per organization).
+    quota_vcpus: int = 64
+    quota_gpus: int = 8
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -55,8 +81,23 @@ class Settings:
             "public_rate_limit_per_minute": _int("HANGAR_PUBLIC_RATE_LIMIT_PER_MINUTE", 20),
             "run_relay": _bool("HANGAR_RUN_RELAY", True),
             "log_json": _bool("HANGAR_LOG_JSON", False),
+            "driver": os.environ.get("HANGAR_DRIVER", "local") or "local",
+            "sim_seed": _int("HANGAR_SIM_SEED", 1),
+            "sim_delay_ms": _int("HANGAR_SIM_DELAY_MS", 1500),
+            "sim_failure_rate": _float("HANGAR_SIM_FAILURE_RATE", 0.0),
+            "saga_poll_seconds": _float("HANGAR_SAGA_POLL_SECONDS", 0.5),
+            "saga_max_attempts": _int("HANGAR_SAGA_MAX_ATTEMPTS", 3),
+            "quota_vcpus": _int("HANGAR_QUOTA_VCPUS", 64),
+            "quota_gpus": _int("HANGAR_QUOTA_GPUS", 8),
         }
+        if os.environ.get("HANGAR_INSTANCES_DIR"):
+            values["instances_dir"] = Path(os.environ["HANGAR_INSTANCES_DIR"])
         if os.environ.get("HANGAR_DATABASE_URL"):
             values["database_url"] = os.environ["HANGAR_DATABASE_URL"]
         values.update(overrides)
-        return cls(**values)  # type: ignore[arg-type]
+        settings = cls(**values)  # type: ignore[arg-type]
+        if settings.driver not in ("local", "sim"):
+            raise SystemExit(f"HANGAR_DRIVER must be 'local' or 'sim', got {settings.driver!r}")
+        if not 0.0 <= settings.sim_failure_rate <= 1.0:
+            raise SystemExit(f"HANGAR_SIM_FAILURE_RATE must be between 0 and 1, got {settings.sim_failure_rate}")
+        return settings

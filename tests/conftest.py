@@ -163,9 +163,10 @@ def database_url(databases: _Databases) -> str:
 
 
 @pytest.fixture
-def make_settings(database_url: str) -> Callable[..., Any]:
+def make_settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Any]:
     """make_settings(**overrides) → Settings on this test's database. Test defaults:
-    response validation on, no relay thread, limits high enough not to get in the way."""
+    response validation on, no relay thread, limits high enough not to get in the way, the
+    `sim` host driver with short delays (tests of the `local` driver ask for it)."""
     from hangar.config import Settings
 
     def make(**overrides: Any) -> Settings:
@@ -175,6 +176,10 @@ def make_settings(database_url: str) -> Callable[..., Any]:
             "run_relay": False,
             "rate_limit_per_minute": 10_000,
             "public_rate_limit_per_minute": 10_000,
+            "driver": "sim",
+            "sim_delay_ms": 30,
+            "saga_poll_seconds": 0.02,
+            "instances_dir": tmp_path_factory.mktemp("instances"),
         }
         values.update(overrides)
         return Settings(**values)
