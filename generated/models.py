@@ -7,6 +7,49 @@ from typing import Annotated
 from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
+from typing_extensions import TypeAliasType
+
+
+class ActionError(BaseModel):
+    """
+    Why a failed action failed; null otherwise.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    code: Annotated[str, Field(examples=["placement_error"], max_length=64, pattern="^[a-z_]+$")]
+    """
+    A stable code: placement_error, host_error, boot_timeout, quota_exceeded, …
+    """
+    message: Annotated[str, Field(examples=["no host in fra1 has room for gpu-h100x8"], max_length=500, pattern="\\S")]
+    """
+    For people.
+    """
+
+
+class ActionStatus(StrEnum):
+    """
+    `queued` → `running` → `succeeded` or `failed`.
+    """
+
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+
+
+class ActionType(StrEnum):
+    """
+    What the action does.
+    """
+
+    create = "create"
+    start = "start"
+    stop = "stop"
+    reboot = "reboot"
+    terminate = "terminate"
 
 
 class ApiKeyStatus(StrEnum):
@@ -38,6 +81,136 @@ class FieldError(BaseModel):
     ]
     """
     What is wrong there (no control characters but line breaks).
+    """
+
+
+class HostState(StrEnum):
+    """
+    `active` takes placements; `draining` keeps what runs but takes nothing new; `down` is out of service.
+    """
+
+    active = "active"
+    draining = "draining"
+    down = "down"
+
+
+class Status(StrEnum):
+    """
+    Deprecated images cannot be launched.
+    """
+
+    active = "active"
+    deprecated = "deprecated"
+
+
+class Image(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    gpu_ready: Annotated[bool, Field(examples=[False])]
+    """
+    Ships GPU drivers (needed by GPU types).
+    """
+    min_disk_gb: Annotated[int, Field(examples=[10], ge=0, le=1048576)]
+    """
+    The smallest boot disk it fits on.
+    """
+    name: Annotated[str, Field(examples=["Ubuntu 24.04 LTS"], max_length=100, pattern="\\S")]
+    """
+    For people.
+    """
+    os_family: Annotated[str, Field(examples=["ubuntu"], max_length=32, pattern="^[a-z0-9][a-z0-9.-]*$")]
+    """
+    The OS family.
+    """
+    slug: Annotated[str, Field(examples=["ubuntu-24.04"], max_length=64, pattern="^[a-z0-9][a-z0-9.-]*$")]
+    """
+    The image's slug.
+    """
+    status: Annotated[Status, Field(examples=["active"])]
+    """
+    Deprecated images cannot be launched.
+    """
+    version: Annotated[str, Field(examples=["24.04"], max_length=32, pattern="^[a-z0-9][a-z0-9.-]*$")]
+    """
+    The OS version.
+    """
+
+
+class Type(StrEnum):
+    """
+    The action to run.
+    """
+
+    start = "start"
+    stop = "stop"
+    reboot = "reboot"
+
+
+class InstanceActionRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    type: Annotated[Type, Field(examples=["stop"])]
+    """
+    The action to run.
+    """
+
+
+class InstanceState(StrEnum):
+    """
+    Where the instance is in its life. `pending` (accepted, not placed yet), `provisioning`
+    (placed, being built), `running`, `stopping`, `stopped`, `starting`, `rebooting`,
+    `terminating`, `terminated`, `failed` (see `state_reason`).
+
+    """
+
+    pending = "pending"
+    provisioning = "provisioning"
+    running = "running"
+    stopping = "stopping"
+    stopped = "stopped"
+    starting = "starting"
+    rebooting = "rebooting"
+    terminating = "terminating"
+    terminated = "terminated"
+    failed = "failed"
+
+
+class InventoryUpdate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    allocation_ratio: Annotated[float | None, Field(examples=[4.0], ge=0.01, le=64.0)] = None
+    """
+    Overcommit factor; capacity = (total − reserved) × ratio.
+    """
+    generation: Annotated[int | None, Field(examples=[7], ge=0, le=9000000000000000000)] = None
+    """
+    The host generation you read; a stale one is a 409 `concurrent-update`. Omit to write unconditionally.
+    """
+    max_unit: Annotated[int | None, Field(examples=[64], ge=1, le=1000000000)] = None
+    """
+    The largest single claim.
+    """
+    min_unit: Annotated[int | None, Field(examples=[1], ge=1, le=1000000000)] = None
+    """
+    The smallest claim.
+    """
+    reserved: Annotated[int | None, Field(examples=[2], ge=0, le=1000000000)] = None
+    """
+    Units kept for the host itself.
+    """
+    step_size: Annotated[int | None, Field(examples=[1], ge=1, le=1000000000)] = None
+    """
+    Claims are multiples of this.
+    """
+    total: Annotated[int, Field(examples=[64], ge=0, le=1000000000)]
+    """
+    Units the host has.
     """
 
 
@@ -146,6 +319,73 @@ class Problem(BaseModel):
     """
 
 
+Zone = TypeAliasType("Zone", Annotated[str, Field(examples=["fra1-a"], max_length=40, pattern="^[a-z0-9][a-z0-9.-]*$")])
+
+
+class Region(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    country: Annotated[str, Field(examples=["DE"], max_length=2, min_length=2, pattern="^[A-Z]{2}$")]
+    """
+    ISO 3166 country code.
+    """
+    name: Annotated[str, Field(examples=["Frankfurt"], max_length=100, pattern="\\S")]
+    """
+    Its name.
+    """
+    slug: Annotated[str, Field(examples=["fra1"], max_length=32, pattern="^[a-z0-9][a-z0-9.-]*$")]
+    """
+    The region's slug.
+    """
+    zones: Annotated[list[Zone], Field(max_length=16)]
+    """
+    Its availability zones.
+    """
+
+
+class RegionAvailability(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    available: Annotated[bool, Field(examples=[True])]
+    """
+    Whether a host there has room for one right now.
+    """
+    region: Annotated[str, Field(examples=["fra1"], max_length=32, pattern="^[a-z0-9][a-z0-9.-]*$")]
+    """
+    A region the type is offered in.
+    """
+
+
+class RegionList(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: Annotated[list[Region], Field(max_length=200)]
+    """
+    This page's regions.
+    """
+    next_cursor: Annotated[str | None, Field(examples=["eyJrIjoiMjAyNiJ9"], max_length=512, pattern="^[A-Za-z0-9_-]+$")]
+    """
+    Pass as `cursor` for the next page; null on the last page.
+    """
+
+
+class ResourceClass(StrEnum):
+    """
+    A kind of resource a host has an inventory of.
+    """
+
+    vcpu = "VCPU"
+    memory_mb = "MEMORY_MB"
+    disk_gb = "DISK_GB"
+    gpu = "GPU"
+
+
 class Role(StrEnum):
     """
     A member's role. It caps the scopes their API keys can hold: `owner` and `admin` hold
@@ -179,6 +419,8 @@ class Scope(StrEnum):
     volumes_write = "volumes:write"
     billing_read = "billing:read"
     billing_write = "billing:write"
+    admin_read = "admin:read"
+    admin_write = "admin:write"
 
 
 class SignupRequest(BaseModel):
@@ -206,6 +448,15 @@ class SignupRequest(BaseModel):
     """
 
 
+Trait = TypeAliasType(
+    "Trait",
+    Annotated[str, Field(examples=["gpu:h100"], max_length=64, min_length=1, pattern="^[a-z0-9][a-z0-9_.:-]*$")],
+)
+"""
+A qualitative property of a host.
+"""
+
+
 class User(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -228,6 +479,55 @@ class User(BaseModel):
     name: Annotated[str | None, Field(examples=["Ada Lovelace"], max_length=100, min_length=1, pattern="\\S")] = None
     """
     Display name.
+    """
+
+
+class Action(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    completed_at: Annotated[AwareDatetime | None, Field(examples=["2026-11-28T10:00:05Z"])]
+    """
+    When it succeeded or failed; null before.
+    """
+    created_at: Annotated[AwareDatetime, Field(examples=["2026-11-28T10:00:00Z"])]
+    """
+    When it was requested.
+    """
+    error: ActionError | None
+    id: Annotated[UUID, Field(examples=["1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d"])]
+    """
+    The action's id.
+    """
+    instance_id: Annotated[UUID, Field(examples=["7d1f0e2a-3b4c-4d5e-8f60-718293a4b5c6"])]
+    """
+    The instance it acts on.
+    """
+    progress: Annotated[int, Field(examples=[40], ge=0, le=100)]
+    """
+    Percent done.
+    """
+    started_at: Annotated[AwareDatetime | None, Field(examples=["2026-11-28T10:00:01Z"])]
+    """
+    When work on it began; null while queued.
+    """
+    status: ActionStatus
+    type: ActionType
+
+
+class ActionList(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: Annotated[list[Action], Field(max_length=200)]
+    """
+    This page's actions.
+    """
+    next_cursor: Annotated[str | None, Field(examples=["eyJrIjoiMjAyNiJ9"], max_length=512, pattern="^[A-Za-z0-9_-]+$")]
+    """
+    Pass as `cursor` for the next page; null on the last page.
     """
 
 
@@ -332,6 +632,296 @@ class ApiKeyList(BaseModel):
     next_cursor: Annotated[str | None, Field(examples=["eyJrIjoiMjAyNiJ9"], max_length=512, pattern="^[A-Za-z0-9_-]+$")]
     """
     Pass as `cursor` for the next page; null on the last page.
+    """
+
+
+class ImageList(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: Annotated[list[Image], Field(max_length=200)]
+    """
+    This page's images.
+    """
+    next_cursor: Annotated[str | None, Field(examples=["eyJrIjoiMjAyNiJ9"], max_length=512, pattern="^[A-Za-z0-9_-]+$")]
+    """
+    Pass as `cursor` for the next page; null on the last page.
+    """
+
+
+class Instance(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    created_at: Annotated[AwareDatetime, Field(examples=["2026-11-28T10:00:00Z"])]
+    """
+    When it was requested.
+    """
+    currency: Annotated[str, Field(examples=["USD"], max_length=3, min_length=3, pattern="^[A-Z]{3}$")]
+    """
+    ISO 4217 currency.
+    """
+    disk_gb: Annotated[int, Field(examples=[80], ge=0, le=1048576)]
+    """
+    Boot disk in GiB.
+    """
+    gpu_model: Annotated[str | None, Field(examples=["h100"], max_length=32, pattern="^[a-z0-9][a-z0-9.-]*$")]
+    """
+    The GPU model; null for CPU types.
+    """
+    gpus: Annotated[int, Field(examples=[0], ge=0, le=64)]
+    """
+    GPUs.
+    """
+    id: Annotated[UUID, Field(examples=["7d1f0e2a-3b4c-4d5e-8f60-718293a4b5c6"])]
+    """
+    The instance's id.
+    """
+    image: Annotated[str, Field(examples=["ubuntu-24.04"], max_length=64, pattern="^[a-z0-9][a-z0-9.-]*$")]
+    """
+    The image's slug.
+    """
+    instance_type: Annotated[str, Field(examples=["cpu-2"], max_length=32, pattern="^[a-z0-9][a-z0-9.-]*$")]
+    """
+    The instance type's slug.
+    """
+    launched_at: Annotated[AwareDatetime | None, Field(examples=["2026-11-28T10:00:05Z"])]
+    """
+    When it first became running; null before.
+    """
+    locked: Annotated[bool, Field(examples=[False])]
+    """
+    An action is running; another one gets 409 `resource-locked`.
+    """
+    memory_mb: Annotated[int, Field(examples=[4096], ge=0, le=16777216)]
+    """
+    Memory in MiB.
+    """
+    name: Annotated[
+        str, Field(examples=["web-1"], max_length=63, min_length=1, pattern="^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+    ]
+    """
+    A DNS label; unique is not required.
+    """
+    price_per_hour: Annotated[int, Field(examples=[3], ge=0, le=100000000)]
+    """
+    Price per hour while running, in minor units of `currency` (cents).
+    """
+    region: Annotated[str, Field(examples=["fra1"], max_length=32, min_length=2, pattern="^[a-z][a-z0-9-]*$")]
+    """
+    A region's slug.
+    """
+    state: InstanceState
+    state_reason: Annotated[
+        str | None, Field(examples=["no host in fra1 has room for gpu-h100x8"], max_length=500, pattern="\\S")
+    ]
+    """
+    Why the instance is `failed` (or was stopped by the platform); null otherwise.
+    """
+    terminated_at: Annotated[AwareDatetime | None, Field(examples=["2026-11-28T12:00:00Z"])]
+    """
+    When it was terminated; null before.
+    """
+    updated_at: Annotated[AwareDatetime, Field(examples=["2026-11-28T10:00:05Z"])]
+    """
+    When its state last changed.
+    """
+    vcpus: Annotated[int, Field(examples=[2], ge=0, le=1024)]
+    """
+    Virtual CPUs.
+    """
+    zone: Annotated[str | None, Field(examples=["fra1-a"], max_length=40, pattern="^[a-z0-9][a-z0-9.-]*$")]
+    """
+    The zone of the host it runs on; null until placed.
+    """
+
+
+class InstanceCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    image: Annotated[
+        str, Field(examples=["ubuntu-24.04"], max_length=64, min_length=1, pattern="^[a-z0-9][a-z0-9.-]*$")
+    ]
+    """
+    An image's slug (listImages).
+    """
+    instance_type: Annotated[
+        str, Field(examples=["cpu-2"], max_length=32, min_length=1, pattern="^[a-z0-9][a-z0-9.-]*$")
+    ]
+    """
+    An instance type's slug (listInstanceTypes).
+    """
+    name: Annotated[
+        str, Field(examples=["web-1"], max_length=63, min_length=1, pattern="^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+    ]
+    """
+    A DNS label; unique is not required.
+    """
+    region: Annotated[str, Field(examples=["fra1"], max_length=32, min_length=2, pattern="^[a-z][a-z0-9-]*$")]
+    """
+    A region's slug.
+    """
+
+
+class InstanceLaunch(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    action: Action
+    instance: Instance
+
+
+class InstanceList(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: Annotated[list[Instance], Field(max_length=200)]
+    """
+    This page's instances.
+    """
+    next_cursor: Annotated[str | None, Field(examples=["eyJrIjoiMjAyNiJ9"], max_length=512, pattern="^[A-Za-z0-9_-]+$")]
+    """
+    Pass as `cursor` for the next page; null on the last page.
+    """
+
+
+class InstanceType(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    availability: Annotated[list[RegionAvailability], Field(max_length=64)]
+    """
+    Per region it is offered in, whether one can be placed now.
+    """
+    currency: Annotated[str, Field(examples=["USD"], max_length=3, min_length=3, pattern="^[A-Z]{3}$")]
+    """
+    ISO 4217 currency.
+    """
+    description: Annotated[str, Field(examples=["2 vCPU, 4 GiB"], max_length=200, pattern="\\S")]
+    """
+    For people.
+    """
+    disk_gb: Annotated[int, Field(examples=[80], ge=0, le=1048576)]
+    """
+    Boot disk in GiB.
+    """
+    gpu_model: Annotated[str | None, Field(examples=["h100"], max_length=32, pattern="^[a-z0-9][a-z0-9.-]*$")]
+    """
+    The GPU model; null for CPU types.
+    """
+    gpus: Annotated[int, Field(examples=[0], ge=0, le=64)]
+    """
+    GPUs.
+    """
+    memory_mb: Annotated[int, Field(examples=[4096], ge=0, le=16777216)]
+    """
+    Memory in MiB.
+    """
+    price_per_hour: Annotated[int, Field(examples=[3], ge=0, le=100000000)]
+    """
+    Price per hour while running, in minor units of `currency` (cents).
+    """
+    slug: Annotated[str, Field(examples=["cpu-2"], max_length=32, pattern="^[a-z0-9][a-z0-9.-]*$")]
+    """
+    The type's slug.
+    """
+    vcpus: Annotated[int, Field(examples=[2], ge=0, le=1024)]
+    """
+    Virtual CPUs.
+    """
+
+
+class InstanceTypeList(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: Annotated[list[InstanceType], Field(max_length=200)]
+    """
+    This page's instance types.
+    """
+    next_cursor: Annotated[str | None, Field(examples=["eyJrIjoiMjAyNiJ9"], max_length=512, pattern="^[A-Za-z0-9_-]+$")]
+    """
+    Pass as `cursor` for the next page; null on the last page.
+    """
+
+
+class Inventory(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    allocation_ratio: Annotated[float, Field(examples=[4.0], ge=0.01, le=64.0)]
+    """
+    Overcommit factor; capacity = (total − reserved) × ratio.
+    """
+    capacity: Annotated[int, Field(examples=[248], ge=0, le=64000000000)]
+    """
+    floor((total − reserved) × allocation_ratio).
+    """
+    max_unit: Annotated[int, Field(examples=[64], ge=1, le=1000000000)]
+    """
+    The largest single claim.
+    """
+    min_unit: Annotated[int, Field(examples=[1], ge=1, le=1000000000)]
+    """
+    The smallest claim.
+    """
+    reserved: Annotated[int, Field(examples=[2], ge=0, le=1000000000)]
+    """
+    Units kept for the host itself.
+    """
+    resource_class: ResourceClass
+    step_size: Annotated[int, Field(examples=[1], ge=1, le=1000000000)]
+    """
+    Claims are multiples of this.
+    """
+    total: Annotated[int, Field(examples=[64], ge=0, le=1000000000)]
+    """
+    Units the host has.
+    """
+    used: Annotated[int, Field(examples=[16], ge=0, le=64000000000)]
+    """
+    Units allocated to instances.
+    """
+
+
+class InventoryCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    allocation_ratio: Annotated[float | None, Field(examples=[4.0], ge=0.01, le=64.0)] = None
+    """
+    Overcommit factor; capacity = (total − reserved) × ratio.
+    """
+    max_unit: Annotated[int | None, Field(examples=[64], ge=1, le=1000000000)] = None
+    """
+    The largest single claim.
+    """
+    min_unit: Annotated[int | None, Field(examples=[1], ge=1, le=1000000000)] = None
+    """
+    The smallest claim.
+    """
+    reserved: Annotated[int | None, Field(examples=[2], ge=0, le=1000000000)] = None
+    """
+    Units kept for the host itself.
+    """
+    resource_class: ResourceClass
+    step_size: Annotated[int | None, Field(examples=[1], ge=1, le=1000000000)] = None
+    """
+    Claims are multiples of this.
+    """
+    total: Annotated[int, Field(examples=[64], ge=0, le=1000000000)]
+    """
+    Units the host has.
     """
 
 
@@ -475,6 +1065,38 @@ class MemberUpdate(BaseModel):
     role: Role
 
 
+class ResourceCapacity(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    capacity: Annotated[int, Field(examples=[2480], ge=0, le=9000000000000000000)]
+    """
+    Σ capacity after the allocation ratio.
+    """
+    free: Annotated[int, Field(examples=[2360], ge=0, le=9000000000000000000)]
+    """
+    Σ free on `active` hosts (what can still be placed).
+    """
+    reserved: Annotated[int, Field(examples=[20], ge=0, le=9000000000000000000)]
+    """
+    Σ reserved.
+    """
+    resource_class: ResourceClass
+    total: Annotated[int, Field(examples=[640], ge=0, le=9000000000000000000)]
+    """
+    Σ total over active and draining hosts.
+    """
+    used: Annotated[int, Field(examples=[120], ge=0, le=9000000000000000000)]
+    """
+    Σ allocated.
+    """
+    utilisation: Annotated[float, Field(examples=[0.05], ge=0.0, le=1000.0)]
+    """
+    used ÷ capacity (0 when there is none).
+    """
+
+
 class SignupResult(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -497,3 +1119,135 @@ class SignupResult(BaseModel):
 
     """
     user: User
+
+
+class Host(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    allocations: Annotated[int, Field(examples=[3], ge=0, le=1000000)]
+    """
+    Instances placed on it.
+    """
+    created_at: Annotated[AwareDatetime, Field(examples=["2026-11-28T10:00:00Z"])]
+    """
+    When it was registered.
+    """
+    generation: Annotated[int, Field(examples=[7], ge=0, le=9000000000000000000)]
+    """
+    Bumped on every change of its inventories or allocations.
+    """
+    id: Annotated[UUID, Field(examples=["3e4f5a6b-7c8d-4e9f-a0b1-c2d3e4f5a6b7"])]
+    """
+    The host's id.
+    """
+    inventories: Annotated[list[Inventory], Field(max_length=4)]
+    """
+    One per resource class it has.
+    """
+    name: Annotated[str, Field(examples=["fra1-cpu-001"], max_length=64, pattern="^[a-z0-9][a-z0-9.-]*$")]
+    """
+    Unique host name.
+    """
+    region: Annotated[str, Field(examples=["fra1"], max_length=32, pattern="^[a-z0-9][a-z0-9.-]*$")]
+    """
+    Its region.
+    """
+    state: HostState
+    traits: Annotated[list[Trait], Field(max_length=64)]
+    """
+    Its traits, sorted.
+    """
+    updated_at: Annotated[AwareDatetime, Field(examples=["2026-11-28T10:00:00Z"])]
+    """
+    When it last changed.
+    """
+    zone: Annotated[str, Field(examples=["fra1-a"], max_length=40, pattern="^[a-z0-9][a-z0-9.-]*$")]
+    """
+    Its zone.
+    """
+
+
+class HostCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    inventories: Annotated[list[InventoryCreate], Field(max_length=4, min_length=1)]
+    """
+    One per resource class (each class at most once).
+    """
+    name: Annotated[str, Field(examples=["fra1-cpu-101"], max_length=64, min_length=1, pattern="^[a-z0-9][a-z0-9-]*$")]
+    """
+    Unique host name.
+    """
+    region: Annotated[str, Field(examples=["fra1"], max_length=32, min_length=2, pattern="^[a-z][a-z0-9-]*$")]
+    """
+    Its region.
+    """
+    traits: Annotated[list[Trait] | None, Field(max_length=64)] = None
+    """
+    Its traits.
+    """
+    zone: Annotated[str, Field(examples=["fra1-a"], max_length=40, min_length=1, pattern="^[a-z0-9][a-z0-9.-]*$")]
+    """
+    One of the region's zones.
+    """
+
+
+class HostList(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: Annotated[list[Host], Field(max_length=200)]
+    """
+    This page's hosts.
+    """
+    next_cursor: Annotated[str | None, Field(examples=["eyJrIjoiMjAyNiJ9"], max_length=512, pattern="^[A-Za-z0-9_-]+$")]
+    """
+    Pass as `cursor` for the next page; null on the last page.
+    """
+
+
+class RegionCapacity(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    hosts_active: Annotated[int, Field(examples=[10], ge=0, le=10000000)]
+    """
+    Active hosts.
+    """
+    hosts_down: Annotated[int, Field(examples=[0], ge=0, le=10000000)]
+    """
+    Hosts down.
+    """
+    hosts_draining: Annotated[int, Field(examples=[1], ge=0, le=10000000)]
+    """
+    Draining hosts.
+    """
+    region: Annotated[str, Field(examples=["fra1"], max_length=32, pattern="^[a-z0-9][a-z0-9.-]*$")]
+    """
+    The region.
+    """
+    resources: Annotated[list[ResourceCapacity], Field(max_length=4)]
+    """
+    Per resource class.
+    """
+
+
+class CapacityReport(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    generated_at: Annotated[AwareDatetime, Field(examples=["2026-11-28T10:00:00Z"])]
+    """
+    When the report was computed.
+    """
+    regions: Annotated[list[RegionCapacity], Field(max_length=200)]
+    """
+    Per region.
+    """

@@ -97,6 +97,179 @@ class HandlerReturnError(TypeError):
 
 
 OPERATIONS: dict[str, Operation] = {
+    "getAction": Operation(
+        operation_id="getAction",
+        handler_module="handlers.provisioning.operations",
+        handler_name="get_action",
+        context="provisioning",
+        method="GET",
+        path="/v1/actions/{actionId}",
+        tag="actions",
+        public=False,
+        scopes=("instances:read",),
+        idempotent=False,
+        success_status=200,
+        request_model=None,
+        response_model=models.Action,
+        params=(Param("actionId", "action_id", "path", True, uuid.UUID),),
+        emits=(),
+        cli={
+            "columns": ["id", "type", "status", "progress", "instance_id", "created_at", "completed_at"],
+            "command": "get",
+        },
+    ),
+    "getCapacityReport": Operation(
+        operation_id="getCapacityReport",
+        handler_module="handlers.inventory.operations",
+        handler_name="get_capacity_report",
+        context="inventory",
+        method="GET",
+        path="/v1/admin/capacity",
+        tag="operator",
+        public=False,
+        scopes=("admin:read",),
+        idempotent=False,
+        success_status=200,
+        request_model=None,
+        response_model=models.CapacityReport,
+        params=(Param("region", "region", "query", False, str | None),),
+        emits=(),
+        cli={"columns": ["regions"], "command": "capacity"},
+    ),
+    "listHosts": Operation(
+        operation_id="listHosts",
+        handler_module="handlers.inventory.operations",
+        handler_name="list_hosts",
+        context="inventory",
+        method="GET",
+        path="/v1/admin/hosts",
+        tag="operator",
+        public=False,
+        scopes=("admin:read",),
+        idempotent=False,
+        success_status=200,
+        request_model=None,
+        response_model=models.HostList,
+        params=(
+            Param("limit", "limit", "query", False, int),
+            Param("cursor", "cursor", "query", False, str | None),
+            Param("region", "region", "query", False, str | None),
+            Param("state", "state", "query", False, models.HostState | None),
+        ),
+        emits=(),
+        cli={"columns": ["id", "name", "region", "zone", "state", "traits", "generation"], "command": "list"},
+    ),
+    "createHost": Operation(
+        operation_id="createHost",
+        handler_module="handlers.inventory.operations",
+        handler_name="create_host",
+        context="inventory",
+        method="POST",
+        path="/v1/admin/hosts",
+        tag="operator",
+        public=False,
+        scopes=("admin:write",),
+        idempotent=True,
+        success_status=201,
+        request_model=models.HostCreate,
+        response_model=models.Host,
+        params=(),
+        emits=(),
+        cli={"columns": ["id", "name", "region", "zone", "state", "generation"], "command": "create"},
+    ),
+    "getHost": Operation(
+        operation_id="getHost",
+        handler_module="handlers.inventory.operations",
+        handler_name="get_host",
+        context="inventory",
+        method="GET",
+        path="/v1/admin/hosts/{hostId}",
+        tag="operator",
+        public=False,
+        scopes=("admin:read",),
+        idempotent=False,
+        success_status=200,
+        request_model=None,
+        response_model=models.Host,
+        params=(Param("hostId", "host_id", "path", True, uuid.UUID),),
+        emits=(),
+        cli={"columns": ["id", "name", "region", "zone", "state", "traits", "generation"], "command": "get"},
+    ),
+    "activateHost": Operation(
+        operation_id="activateHost",
+        handler_module="handlers.inventory.operations",
+        handler_name="activate_host",
+        context="inventory",
+        method="POST",
+        path="/v1/admin/hosts/{hostId}/activate",
+        tag="operator",
+        public=False,
+        scopes=("admin:write",),
+        idempotent=False,
+        success_status=200,
+        request_model=None,
+        response_model=models.Host,
+        params=(Param("hostId", "host_id", "path", True, uuid.UUID),),
+        emits=(),
+        cli={"columns": ["id", "name", "state", "generation"], "command": "activate"},
+    ),
+    "drainHost": Operation(
+        operation_id="drainHost",
+        handler_module="handlers.inventory.operations",
+        handler_name="drain_host",
+        context="inventory",
+        method="POST",
+        path="/v1/admin/hosts/{hostId}/drain",
+        tag="operator",
+        public=False,
+        scopes=("admin:write",),
+        idempotent=False,
+        success_status=200,
+        request_model=None,
+        response_model=models.Host,
+        params=(Param("hostId", "host_id", "path", True, uuid.UUID),),
+        emits=(),
+        cli={"columns": ["id", "name", "state", "generation"], "command": "drain"},
+    ),
+    "updateHostInventory": Operation(
+        operation_id="updateHostInventory",
+        handler_module="handlers.inventory.operations",
+        handler_name="update_host_inventory",
+        context="inventory",
+        method="PUT",
+        path="/v1/admin/hosts/{hostId}/inventories/{resourceClass}",
+        tag="operator",
+        public=False,
+        scopes=("admin:write",),
+        idempotent=False,
+        success_status=200,
+        request_model=models.InventoryUpdate,
+        response_model=models.Host,
+        params=(
+            Param("hostId", "host_id", "path", True, uuid.UUID),
+            Param("resourceClass", "resource_class", "path", True, models.ResourceClass),
+        ),
+        emits=(),
+        cli={"columns": ["id", "name", "generation"], "command": "set-inventory"},
+    ),
+    "markHostDown": Operation(
+        operation_id="markHostDown",
+        handler_module="handlers.inventory.operations",
+        handler_name="mark_host_down",
+        context="inventory",
+        method="POST",
+        path="/v1/admin/hosts/{hostId}/mark-down",
+        tag="operator",
+        public=False,
+        scopes=("admin:write",),
+        idempotent=False,
+        success_status=200,
+        request_model=None,
+        response_model=models.Host,
+        params=(Param("hostId", "host_id", "path", True, uuid.UUID),),
+        emits=(),
+        cli={"columns": ["id", "name", "state", "generation"], "command": "mark-down"},
+    ),
     "listApiKeys": Operation(
         operation_id="listApiKeys",
         handler_module="handlers.identity.operations",
@@ -174,6 +347,213 @@ OPERATIONS: dict[str, Operation] = {
         params=(Param("apiKeyId", "api_key_id", "path", True, uuid.UUID),),
         emits=("api_key.revoked",),
         cli={"command": "revoke"},
+    ),
+    "listImages": Operation(
+        operation_id="listImages",
+        handler_module="handlers.inventory.operations",
+        handler_name="list_images",
+        context="inventory",
+        method="GET",
+        path="/v1/images",
+        tag="images",
+        public=True,
+        scopes=(),
+        idempotent=False,
+        success_status=200,
+        request_model=None,
+        response_model=models.ImageList,
+        params=(
+            Param("limit", "limit", "query", False, int),
+            Param("cursor", "cursor", "query", False, str | None),
+        ),
+        emits=(),
+        cli={
+            "columns": ["slug", "name", "os_family", "version", "min_disk_gb", "gpu_ready", "status"],
+            "command": "images",
+        },
+    ),
+    "listInstanceTypes": Operation(
+        operation_id="listInstanceTypes",
+        handler_module="handlers.inventory.operations",
+        handler_name="list_instance_types",
+        context="inventory",
+        method="GET",
+        path="/v1/instance-types",
+        tag="instance-types",
+        public=True,
+        scopes=(),
+        idempotent=False,
+        success_status=200,
+        request_model=None,
+        response_model=models.InstanceTypeList,
+        params=(
+            Param("limit", "limit", "query", False, int),
+            Param("cursor", "cursor", "query", False, str | None),
+            Param("region", "region", "query", False, str | None),
+        ),
+        emits=(),
+        cli={
+            "columns": ["slug", "vcpus", "memory_mb", "disk_gb", "gpus", "gpu_model", "price_per_hour", "currency"],
+            "command": "instance-types",
+        },
+    ),
+    "listInstances": Operation(
+        operation_id="listInstances",
+        handler_module="handlers.provisioning.operations",
+        handler_name="list_instances",
+        context="provisioning",
+        method="GET",
+        path="/v1/instances",
+        tag="instances",
+        public=False,
+        scopes=("instances:read",),
+        idempotent=False,
+        success_status=200,
+        request_model=None,
+        response_model=models.InstanceList,
+        params=(
+            Param("limit", "limit", "query", False, int),
+            Param("cursor", "cursor", "query", False, str | None),
+            Param("state", "state", "query", False, models.InstanceState | None),
+            Param("region", "region", "query", False, str | None),
+        ),
+        emits=(),
+        cli={"columns": ["id", "name", "state", "region", "instance_type", "created_at"], "command": "list"},
+    ),
+    "createInstance": Operation(
+        operation_id="createInstance",
+        handler_module="handlers.provisioning.operations",
+        handler_name="create_instance",
+        context="provisioning",
+        method="POST",
+        path="/v1/instances",
+        tag="instances",
+        public=False,
+        scopes=("instances:write",),
+        idempotent=True,
+        success_status=202,
+        request_model=models.InstanceCreate,
+        response_model=models.InstanceLaunch,
+        params=(),
+        emits=(
+            "instance.requested",
+            "allocation.claimed",
+            "instance.state_changed",
+            "instance.running",
+            "instance.failed",
+            "allocation.released",
+            "action.completed",
+        ),
+        cli={
+            "columns": [
+                "instance.id",
+                "instance.name",
+                "instance.state",
+                "instance.region",
+                "instance.instance_type",
+                "action.id",
+            ],
+            "command": "create",
+            "wait": {"operationId": "getAction", "parameters": {"actionId": "$response.body#/action/id"}},
+        },
+    ),
+    "getInstance": Operation(
+        operation_id="getInstance",
+        handler_module="handlers.provisioning.operations",
+        handler_name="get_instance",
+        context="provisioning",
+        method="GET",
+        path="/v1/instances/{instanceId}",
+        tag="instances",
+        public=False,
+        scopes=("instances:read",),
+        idempotent=False,
+        success_status=200,
+        request_model=None,
+        response_model=models.Instance,
+        params=(Param("instanceId", "instance_id", "path", True, uuid.UUID),),
+        emits=(),
+        cli={
+            "columns": [
+                "id",
+                "name",
+                "state",
+                "state_reason",
+                "region",
+                "zone",
+                "instance_type",
+                "image",
+                "updated_at",
+            ],
+            "command": "get",
+        },
+    ),
+    "terminateInstance": Operation(
+        operation_id="terminateInstance",
+        handler_module="handlers.provisioning.operations",
+        handler_name="terminate_instance",
+        context="provisioning",
+        method="DELETE",
+        path="/v1/instances/{instanceId}",
+        tag="instances",
+        public=False,
+        scopes=("instances:write",),
+        idempotent=False,
+        success_status=202,
+        request_model=None,
+        response_model=models.Action,
+        params=(Param("instanceId", "instance_id", "path", True, uuid.UUID),),
+        emits=("instance.state_changed", "instance.terminated", "allocation.released", "action.completed"),
+        cli={
+            "columns": ["id", "type", "status", "progress", "instance_id"],
+            "command": "terminate",
+            "wait": {"operationId": "getAction", "parameters": {"actionId": "$response.body#/id"}},
+        },
+    ),
+    "listInstanceActions": Operation(
+        operation_id="listInstanceActions",
+        handler_module="handlers.provisioning.operations",
+        handler_name="list_instance_actions",
+        context="provisioning",
+        method="GET",
+        path="/v1/instances/{instanceId}/actions",
+        tag="actions",
+        public=False,
+        scopes=("instances:read",),
+        idempotent=False,
+        success_status=200,
+        request_model=None,
+        response_model=models.ActionList,
+        params=(
+            Param("instanceId", "instance_id", "path", True, uuid.UUID),
+            Param("limit", "limit", "query", False, int),
+            Param("cursor", "cursor", "query", False, str | None),
+        ),
+        emits=(),
+        cli={"columns": ["id", "type", "status", "progress", "created_at", "completed_at"], "command": "list"},
+    ),
+    "createInstanceAction": Operation(
+        operation_id="createInstanceAction",
+        handler_module="handlers.provisioning.operations",
+        handler_name="create_instance_action",
+        context="provisioning",
+        method="POST",
+        path="/v1/instances/{instanceId}/actions",
+        tag="instances",
+        public=False,
+        scopes=("instances:write",),
+        idempotent=True,
+        success_status=202,
+        request_model=models.InstanceActionRequest,
+        response_model=models.Action,
+        params=(Param("instanceId", "instance_id", "path", True, uuid.UUID),),
+        emits=("instance.state_changed", "instance.running", "instance.stopped", "instance.failed", "action.completed"),
+        cli={
+            "columns": ["id", "type", "status", "progress", "instance_id"],
+            "command": "act",
+            "verbs": {"field": "type"},
+            "wait": {"operationId": "getAction", "parameters": {"actionId": "$response.body#/id"}},
+        },
     ),
     "acceptInvitation": Operation(
         operation_id="acceptInvitation",
@@ -356,6 +736,27 @@ OPERATIONS: dict[str, Operation] = {
         emits=("member.removed",),
         cli={"command": "remove"},
     ),
+    "listRegions": Operation(
+        operation_id="listRegions",
+        handler_module="handlers.inventory.operations",
+        handler_name="list_regions",
+        context="inventory",
+        method="GET",
+        path="/v1/regions",
+        tag="regions",
+        public=True,
+        scopes=(),
+        idempotent=False,
+        success_status=200,
+        request_model=None,
+        response_model=models.RegionList,
+        params=(
+            Param("limit", "limit", "query", False, int),
+            Param("cursor", "cursor", "query", False, str | None),
+        ),
+        emits=(),
+        cli={"columns": ["slug", "name", "country", "zones"], "command": "regions"},
+    ),
     "signUp": Operation(
         operation_id="signUp",
         handler_module="handlers.identity.operations",
@@ -509,6 +910,114 @@ def serialize(op: Operation, result: Any) -> Any:
     return dumped
 
 
+def _adapt_get_action(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def get_action(action_id: Any) -> Any:
+        def call(ctx: Any) -> Any:
+            action_id_: uuid.UUID = _convert(_uuid, action_id, "path.actionId")
+            return serialize(op, handler(ctx, action_id=action_id_))
+
+        return invoke(op, call, None)
+
+    return get_action
+
+
+def _adapt_get_capacity_report(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def get_capacity_report(region: Any = None) -> Any:
+        def call(ctx: Any) -> Any:
+            region_: str | None = None if region is None else _convert(_str, region, "query.region")
+            return serialize(op, handler(ctx, region=region_))
+
+        return invoke(op, call, None)
+
+    return get_capacity_report
+
+
+def _adapt_list_hosts(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def list_hosts(limit: Any = 50, cursor: Any = None, region: Any = None, state: Any = None) -> Any:
+        def call(ctx: Any) -> Any:
+            limit_: int = _convert(_int, limit, "query.limit")
+            cursor_: str | None = None if cursor is None else _convert(_str, cursor, "query.cursor")
+            region_: str | None = None if region is None else _convert(_str, region, "query.region")
+            state_: models.HostState | None = (
+                None if state is None else _convert(_enum(models.HostState), state, "query.state")
+            )
+            return serialize(op, handler(ctx, limit=limit_, cursor=cursor_, region=region_, state=state_))
+
+        return invoke(op, call, None)
+
+    return list_hosts
+
+
+def _adapt_create_host(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def create_host(body: Any) -> Any:
+        def call(ctx: Any) -> Any:
+            body_: models.HostCreate = _body(op, body)
+            return serialize(op, handler(ctx, body=body_))
+
+        return invoke(op, call, body)
+
+    return create_host
+
+
+def _adapt_get_host(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def get_host(host_id: Any) -> Any:
+        def call(ctx: Any) -> Any:
+            host_id_: uuid.UUID = _convert(_uuid, host_id, "path.hostId")
+            return serialize(op, handler(ctx, host_id=host_id_))
+
+        return invoke(op, call, None)
+
+    return get_host
+
+
+def _adapt_activate_host(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def activate_host(host_id: Any) -> Any:
+        def call(ctx: Any) -> Any:
+            host_id_: uuid.UUID = _convert(_uuid, host_id, "path.hostId")
+            return serialize(op, handler(ctx, host_id=host_id_))
+
+        return invoke(op, call, None)
+
+    return activate_host
+
+
+def _adapt_drain_host(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def drain_host(host_id: Any) -> Any:
+        def call(ctx: Any) -> Any:
+            host_id_: uuid.UUID = _convert(_uuid, host_id, "path.hostId")
+            return serialize(op, handler(ctx, host_id=host_id_))
+
+        return invoke(op, call, None)
+
+    return drain_host
+
+
+def _adapt_update_host_inventory(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def update_host_inventory(host_id: Any, resource_class: Any, body: Any) -> Any:
+        def call(ctx: Any) -> Any:
+            host_id_: uuid.UUID = _convert(_uuid, host_id, "path.hostId")
+            resource_class_: models.ResourceClass = _convert(
+                _enum(models.ResourceClass), resource_class, "path.resourceClass"
+            )
+            body_: models.InventoryUpdate = _body(op, body)
+            return serialize(op, handler(ctx, host_id=host_id_, resource_class=resource_class_, body=body_))
+
+        return invoke(op, call, body)
+
+    return update_host_inventory
+
+
+def _adapt_mark_host_down(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def mark_host_down(host_id: Any) -> Any:
+        def call(ctx: Any) -> Any:
+            host_id_: uuid.UUID = _convert(_uuid, host_id, "path.hostId")
+            return serialize(op, handler(ctx, host_id=host_id_))
+
+        return invoke(op, call, None)
+
+    return mark_host_down
+
+
 def _adapt_list_api_keys(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
     def list_api_keys(limit: Any = 50, cursor: Any = None) -> Any:
         def call(ctx: Any) -> Any:
@@ -552,6 +1061,105 @@ def _adapt_revoke_api_key(op: Operation, handler: Callable[..., Any], invoke: In
         return invoke(op, call, None)
 
     return revoke_api_key
+
+
+def _adapt_list_images(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def list_images(limit: Any = 50, cursor: Any = None) -> Any:
+        def call(ctx: Any) -> Any:
+            limit_: int = _convert(_int, limit, "query.limit")
+            cursor_: str | None = None if cursor is None else _convert(_str, cursor, "query.cursor")
+            return serialize(op, handler(ctx, limit=limit_, cursor=cursor_))
+
+        return invoke(op, call, None)
+
+    return list_images
+
+
+def _adapt_list_instance_types(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def list_instance_types(limit: Any = 50, cursor: Any = None, region: Any = None) -> Any:
+        def call(ctx: Any) -> Any:
+            limit_: int = _convert(_int, limit, "query.limit")
+            cursor_: str | None = None if cursor is None else _convert(_str, cursor, "query.cursor")
+            region_: str | None = None if region is None else _convert(_str, region, "query.region")
+            return serialize(op, handler(ctx, limit=limit_, cursor=cursor_, region=region_))
+
+        return invoke(op, call, None)
+
+    return list_instance_types
+
+
+def _adapt_list_instances(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def list_instances(limit: Any = 50, cursor: Any = None, state: Any = None, region: Any = None) -> Any:
+        def call(ctx: Any) -> Any:
+            limit_: int = _convert(_int, limit, "query.limit")
+            cursor_: str | None = None if cursor is None else _convert(_str, cursor, "query.cursor")
+            state_: models.InstanceState | None = (
+                None if state is None else _convert(_enum(models.InstanceState), state, "query.state")
+            )
+            region_: str | None = None if region is None else _convert(_str, region, "query.region")
+            return serialize(op, handler(ctx, limit=limit_, cursor=cursor_, state=state_, region=region_))
+
+        return invoke(op, call, None)
+
+    return list_instances
+
+
+def _adapt_create_instance(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def create_instance(body: Any) -> Any:
+        def call(ctx: Any) -> Any:
+            body_: models.InstanceCreate = _body(op, body)
+            return serialize(op, handler(ctx, body=body_))
+
+        return invoke(op, call, body)
+
+    return create_instance
+
+
+def _adapt_get_instance(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def get_instance(instance_id: Any) -> Any:
+        def call(ctx: Any) -> Any:
+            instance_id_: uuid.UUID = _convert(_uuid, instance_id, "path.instanceId")
+            return serialize(op, handler(ctx, instance_id=instance_id_))
+
+        return invoke(op, call, None)
+
+    return get_instance
+
+
+def _adapt_terminate_instance(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def terminate_instance(instance_id: Any) -> Any:
+        def call(ctx: Any) -> Any:
+            instance_id_: uuid.UUID = _convert(_uuid, instance_id, "path.instanceId")
+            return serialize(op, handler(ctx, instance_id=instance_id_))
+
+        return invoke(op, call, None)
+
+    return terminate_instance
+
+
+def _adapt_list_instance_actions(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def list_instance_actions(instance_id: Any, limit: Any = 50, cursor: Any = None) -> Any:
+        def call(ctx: Any) -> Any:
+            instance_id_: uuid.UUID = _convert(_uuid, instance_id, "path.instanceId")
+            limit_: int = _convert(_int, limit, "query.limit")
+            cursor_: str | None = None if cursor is None else _convert(_str, cursor, "query.cursor")
+            return serialize(op, handler(ctx, instance_id=instance_id_, limit=limit_, cursor=cursor_))
+
+        return invoke(op, call, None)
+
+    return list_instance_actions
+
+
+def _adapt_create_instance_action(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def create_instance_action(instance_id: Any, body: Any) -> Any:
+        def call(ctx: Any) -> Any:
+            instance_id_: uuid.UUID = _convert(_uuid, instance_id, "path.instanceId")
+            body_: models.InstanceActionRequest = _body(op, body)
+            return serialize(op, handler(ctx, instance_id=instance_id_, body=body_))
+
+        return invoke(op, call, body)
+
+    return create_instance_action
 
 
 def _adapt_accept_invitation(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
@@ -660,6 +1268,18 @@ def _adapt_remove_member(op: Operation, handler: Callable[..., Any], invoke: Inv
     return remove_member
 
 
+def _adapt_list_regions(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def list_regions(limit: Any = 50, cursor: Any = None) -> Any:
+        def call(ctx: Any) -> Any:
+            limit_: int = _convert(_int, limit, "query.limit")
+            cursor_: str | None = None if cursor is None else _convert(_str, cursor, "query.cursor")
+            return serialize(op, handler(ctx, limit=limit_, cursor=cursor_))
+
+        return invoke(op, call, None)
+
+    return list_regions
+
+
 def _adapt_sign_up(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
     def sign_up(body: Any) -> Any:
         def call(ctx: Any) -> Any:
@@ -672,10 +1292,27 @@ def _adapt_sign_up(op: Operation, handler: Callable[..., Any], invoke: Invoker) 
 
 
 _ADAPTERS: dict[str, Callable[[Operation, Callable[..., Any], Invoker], Callable[..., Any]]] = {
+    "getAction": _adapt_get_action,
+    "getCapacityReport": _adapt_get_capacity_report,
+    "listHosts": _adapt_list_hosts,
+    "createHost": _adapt_create_host,
+    "getHost": _adapt_get_host,
+    "activateHost": _adapt_activate_host,
+    "drainHost": _adapt_drain_host,
+    "updateHostInventory": _adapt_update_host_inventory,
+    "markHostDown": _adapt_mark_host_down,
     "listApiKeys": _adapt_list_api_keys,
     "createApiKey": _adapt_create_api_key,
     "getApiKey": _adapt_get_api_key,
     "revokeApiKey": _adapt_revoke_api_key,
+    "listImages": _adapt_list_images,
+    "listInstanceTypes": _adapt_list_instance_types,
+    "listInstances": _adapt_list_instances,
+    "createInstance": _adapt_create_instance,
+    "getInstance": _adapt_get_instance,
+    "terminateInstance": _adapt_terminate_instance,
+    "listInstanceActions": _adapt_list_instance_actions,
+    "createInstanceAction": _adapt_create_instance_action,
     "acceptInvitation": _adapt_accept_invitation,
     "getMe": _adapt_get_me,
     "getOrganization": _adapt_get_organization,
@@ -685,6 +1322,7 @@ _ADAPTERS: dict[str, Callable[[Operation, Callable[..., Any], Invoker], Callable
     "getMember": _adapt_get_member,
     "updateMember": _adapt_update_member,
     "removeMember": _adapt_remove_member,
+    "listRegions": _adapt_list_regions,
     "signUp": _adapt_sign_up,
 }
 

@@ -11,12 +11,74 @@ from generated.events._base import WireModel
 from pydantic import AwareDatetime, ConfigDict, Field
 from typing_extensions import TypeAliasType
 
+
+class ActionCompletedEventDataStatus(StrEnum):
+    succeeded = "succeeded"
+    failed = "failed"
+
+
+class ActionCompletedEventDataType(StrEnum):
+    create = "create"
+    start = "start"
+    stop = "stop"
+    reboot = "reboot"
+    terminate = "terminate"
+
+
+class AllocationClaimedEventDataResources(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    disk_gb: Annotated[int, Field(alias="DISK_GB", ge=0, le=1000000000)]
+    gpu: Annotated[int, Field(alias="GPU", ge=0, le=1000000000)]
+    memory_mb: Annotated[int, Field(alias="MEMORY_MB", ge=0, le=1000000000)]
+    vcpu: Annotated[int, Field(alias="VCPU", ge=0, le=1000000000)]
+
+
+class AllocationReleasedEventDataResources(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    disk_gb: Annotated[int, Field(alias="DISK_GB", ge=0, le=1000000000)]
+    gpu: Annotated[int, Field(alias="GPU", ge=0, le=1000000000)]
+    memory_mb: Annotated[int, Field(alias="MEMORY_MB", ge=0, le=1000000000)]
+    vcpu: Annotated[int, Field(alias="VCPU", ge=0, le=1000000000)]
+
+
 ApiKeyCreatedEventDataScope = TypeAliasType("ApiKeyCreatedEventDataScope", Annotated[str, Field(max_length=64)])
 
 
 class ApiKeyRevokedEventDataReason(StrEnum):
     revoked = "revoked"
     member_removed = "member_removed"
+
+
+class InstanceStateChangedEventDataFromState(StrEnum):
+    pending = "pending"
+    provisioning = "provisioning"
+    running = "running"
+    stopping = "stopping"
+    stopped = "stopped"
+    starting = "starting"
+    rebooting = "rebooting"
+    terminating = "terminating"
+    terminated = "terminated"
+    failed = "failed"
+
+
+class InstanceStateChangedEventDataToState(StrEnum):
+    pending = "pending"
+    provisioning = "provisioning"
+    running = "running"
+    stopping = "stopping"
+    stopped = "stopped"
+    starting = "starting"
+    rebooting = "rebooting"
+    terminating = "terminating"
+    terminated = "terminated"
+    failed = "failed"
 
 
 class OrganizationUpdatedEventDataChangedEnum(StrEnum):
@@ -38,6 +100,100 @@ class Role(StrEnum):
     member = "member"
     billing = "billing"
     viewer = "viewer"
+
+
+class ActionCompletedEventData(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    action_id: UUID
+    error_code: Annotated[str | None, Field(max_length=64)]
+    error_message: Annotated[str | None, Field(max_length=500)]
+    instance_id: UUID
+    status: ActionCompletedEventDataStatus
+    type: ActionCompletedEventDataType
+
+
+class ActionCompletedEvent(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: ActionCompletedEventData
+    id: UUID
+    """
+    The event's id; consumers deduplicate on it.
+    """
+    occurred_at: AwareDatetime
+    """
+    When the change was committed.
+    """
+    organization_id: UUID
+    type: Literal["action.completed"]
+
+
+class AllocationClaimedEventData(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    consumer_id: UUID
+    host_id: UUID
+    host_name: Annotated[str, Field(max_length=64)]
+    region: Annotated[str, Field(max_length=32)]
+    resources: AllocationClaimedEventDataResources
+    zone: Annotated[str, Field(max_length=40)]
+
+
+class AllocationClaimedEvent(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: AllocationClaimedEventData
+    id: UUID
+    """
+    The event's id; consumers deduplicate on it.
+    """
+    occurred_at: AwareDatetime
+    """
+    When the change was committed.
+    """
+    organization_id: UUID
+    type: Literal["allocation.claimed"]
+
+
+class AllocationReleasedEventData(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    consumer_id: UUID
+    host_id: UUID
+    host_name: Annotated[str, Field(max_length=64)]
+    reason: Annotated[str, Field(max_length=200)]
+    region: Annotated[str, Field(max_length=32)]
+    resources: AllocationReleasedEventDataResources
+    zone: Annotated[str, Field(max_length=40)]
+
+
+class AllocationReleasedEvent(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: AllocationReleasedEventData
+    id: UUID
+    """
+    The event's id; consumers deduplicate on it.
+    """
+    occurred_at: AwareDatetime
+    """
+    When the change was committed.
+    """
+    organization_id: UUID
+    type: Literal["allocation.released"]
 
 
 class ApiKeyCreatedEventData(WireModel):
@@ -96,6 +252,191 @@ class ApiKeyRevokedEvent(WireModel):
     """
     organization_id: UUID
     type: Literal["api_key.revoked"]
+
+
+class InstanceFailedEventData(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    error_code: Annotated[str, Field(max_length=64, pattern="^[a-z_]+$")]
+    instance_id: UUID
+    message: Annotated[str, Field(max_length=500)]
+
+
+class InstanceFailedEvent(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: InstanceFailedEventData
+    id: UUID
+    """
+    The event's id; consumers deduplicate on it.
+    """
+    occurred_at: AwareDatetime
+    """
+    When the change was committed.
+    """
+    organization_id: UUID
+    type: Literal["instance.failed"]
+
+
+class InstanceRequestedEventData(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    action_id: UUID
+    currency: Annotated[str, Field(max_length=3, pattern="^[A-Z]{3}$")]
+    disk_gb: Annotated[int, Field(ge=0, le=1000000000)]
+    gpus: Annotated[int, Field(ge=0, le=64)]
+    image: Annotated[str, Field(max_length=64)]
+    instance_id: UUID
+    instance_type: Annotated[str, Field(max_length=32)]
+    memory_mb: Annotated[int, Field(ge=0, le=1000000000)]
+    name: Annotated[str, Field(max_length=63)]
+    price_per_hour: Annotated[int, Field(ge=0, le=100000000)]
+    region: Annotated[str, Field(max_length=32)]
+    vcpus: Annotated[int, Field(ge=0, le=1024)]
+
+
+class InstanceRequestedEvent(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: InstanceRequestedEventData
+    id: UUID
+    """
+    The event's id; consumers deduplicate on it.
+    """
+    occurred_at: AwareDatetime
+    """
+    When the change was committed.
+    """
+    organization_id: UUID
+    type: Literal["instance.requested"]
+
+
+class InstanceRunningEventData(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    currency: Annotated[str, Field(max_length=3, pattern="^[A-Z]{3}$")]
+    disk_gb: Annotated[int, Field(ge=0, le=1000000000)]
+    gpus: Annotated[int, Field(ge=0, le=64)]
+    host_id: UUID
+    instance_id: UUID
+    instance_type: Annotated[str, Field(max_length=32)]
+    memory_mb: Annotated[int, Field(ge=0, le=1000000000)]
+    price_per_hour: Annotated[int, Field(ge=0, le=100000000)]
+    region: Annotated[str, Field(max_length=32)]
+    vcpus: Annotated[int, Field(ge=0, le=1024)]
+    zone: Annotated[str, Field(max_length=40)]
+
+
+class InstanceRunningEvent(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: InstanceRunningEventData
+    id: UUID
+    """
+    The event's id; consumers deduplicate on it.
+    """
+    occurred_at: AwareDatetime
+    """
+    When the change was committed.
+    """
+    organization_id: UUID
+    type: Literal["instance.running"]
+
+
+class InstanceStateChangedEventData(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    action_id: UUID | None
+    from_state: InstanceStateChangedEventDataFromState
+    instance_id: UUID
+    reason: Annotated[str | None, Field(max_length=500)]
+    to_state: InstanceStateChangedEventDataToState
+
+
+class InstanceStateChangedEvent(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: InstanceStateChangedEventData
+    id: UUID
+    """
+    The event's id; consumers deduplicate on it.
+    """
+    occurred_at: AwareDatetime
+    """
+    When the change was committed.
+    """
+    organization_id: UUID
+    type: Literal["instance.state_changed"]
+
+
+class InstanceStoppedEventData(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    instance_id: UUID
+    reason: Annotated[str | None, Field(max_length=500)]
+
+
+class InstanceStoppedEvent(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: InstanceStoppedEventData
+    id: UUID
+    """
+    The event's id; consumers deduplicate on it.
+    """
+    occurred_at: AwareDatetime
+    """
+    When the change was committed.
+    """
+    organization_id: UUID
+    type: Literal["instance.stopped"]
+
+
+class InstanceTerminatedEventData(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    instance_id: UUID
+    reason: Annotated[str | None, Field(max_length=500)]
+
+
+class InstanceTerminatedEvent(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: InstanceTerminatedEventData
+    id: UUID
+    """
+    The event's id; consumers deduplicate on it.
+    """
+    occurred_at: AwareDatetime
+    """
+    When the change was committed.
+    """
+    organization_id: UUID
+    type: Literal["instance.terminated"]
 
 
 class MemberInvitedEventData(WireModel):
@@ -258,10 +599,37 @@ class OrganizationUpdatedEvent(WireModel):
     type: Literal["organization.updated"]
 
 
+ActionCompletedPayload = TypeAliasType("ActionCompletedPayload", ActionCompletedEvent)
+
+
+AllocationClaimedPayload = TypeAliasType("AllocationClaimedPayload", AllocationClaimedEvent)
+
+
+AllocationReleasedPayload = TypeAliasType("AllocationReleasedPayload", AllocationReleasedEvent)
+
+
 ApiKeyCreatedPayload = TypeAliasType("ApiKeyCreatedPayload", ApiKeyCreatedEvent)
 
 
 ApiKeyRevokedPayload = TypeAliasType("ApiKeyRevokedPayload", ApiKeyRevokedEvent)
+
+
+InstanceFailedPayload = TypeAliasType("InstanceFailedPayload", InstanceFailedEvent)
+
+
+InstanceRequestedPayload = TypeAliasType("InstanceRequestedPayload", InstanceRequestedEvent)
+
+
+InstanceRunningPayload = TypeAliasType("InstanceRunningPayload", InstanceRunningEvent)
+
+
+InstanceStateChangedPayload = TypeAliasType("InstanceStateChangedPayload", InstanceStateChangedEvent)
+
+
+InstanceStoppedPayload = TypeAliasType("InstanceStoppedPayload", InstanceStoppedEvent)
+
+
+InstanceTerminatedPayload = TypeAliasType("InstanceTerminatedPayload", InstanceTerminatedEvent)
 
 
 MemberInvitedPayload = TypeAliasType("MemberInvitedPayload", MemberInvitedEvent)

@@ -6,8 +6,8 @@ takes power away from their existing keys at once (nothing to rewrite).
 
 | role    | may hold                                                                   |
 |---------|----------------------------------------------------------------------------|
-| owner   | every scope                                                                |
-| admin   | every scope (but cannot grant, change or remove `owner`)                    |
+| owner   | every tenant scope (+ `admin:*` in an operator organization)               |
+| admin   | every tenant scope (but cannot grant, change or remove `owner`) (+ `admin:*` likewise) |
 | member  | everything except organization:write, members:write, billing:write          |
 | billing | billing:read/write, organization:read, members:read, api-keys:read/write    |
 | viewer  | every `:read` scope, plus api-keys:read/write                               |
@@ -38,16 +38,24 @@ SCOPES: Final = frozenset(
         "volumes:write",
         "billing:read",
         "billing:write",
+        "admin:read",
+        "admin:write",
     }
 )
 
-_READS: Final = frozenset(s for s in SCOPES if s.endswith(":read"))
+# The platform operator's scopes. No tenant role allows them: only members of an operator
+# organization (Organization.is_operator, created by `hangar-admin create-operator`) hold them,
+# on top of what their role allows.
+OPERATOR_SCOPES: Final = frozenset({"admin:read", "admin:write"})
+TENANT_SCOPES: Final = SCOPES - OPERATOR_SCOPES
+
+_READS: Final = frozenset(s for s in TENANT_SCOPES if s.endswith(":read"))
 _OWN_KEYS: Final = frozenset({"api-keys:read", "api-keys:write"})
 
 ROLE_CAPS: Final[dict[str, frozenset[str]]] = {
-    "owner": SCOPES,
-    "admin": SCOPES,
-    "member": SCOPES - {"organization:write", "members:write", "billing:write"},
+    "owner": TENANT_SCOPES,
+    "admin": TENANT_SCOPES,
+    "member": TENANT_SCOPES - {"organization:write", "members:write", "billing:write"},
     "billing": frozenset({"billing:read", "billing:write", "organization:read", "members:read"}) | _OWN_KEYS,
     "viewer": _READS | _OWN_KEYS,
 }
@@ -56,13 +64,19 @@ ROLE_CAPS: Final[dict[str, frozenset[str]]] = {
 SEES_ALL_KEYS: Final = frozenset({"owner", "admin"})
 
 
-def caps(role: str) -> frozenset[str]:
-    """Scopes the role allows; an unknown role allows nothing (fail closed)."""
-    return ROLE_CAPS.get(role, frozenset())
+def caps(role: str, *, operator: bool = False) -> frozenset[str]:
+    """Scopes the role allows; an unknown role allows nothing (fail closed). Owners and admins
+    of an operator organization also hold the operator scopes."""
+    allowed = ROLE_CAPS.get(role, frozenset())
+    if operator and role in ("owner", "admin"):
+        allowed = allowed | OPERATOR_SCOPES
+    return allowed
 
 
-def effective_scopes(key_scopes: frozenset[str] | set[str] | list[str], role: str) -> frozenset[str]:
-    return frozenset(key_scopes) & caps(role)
+def effective_scopes(
+    key_scopes: frozenset[str] | set[str] | list[str], role: str, *, operator: bool = False
+) -> frozenset[str]:
+    return frozenset(key_scopes) & caps(role, operator=operator)
 
 
 def sees_all_keys(role: str) -> bool:

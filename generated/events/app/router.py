@@ -14,6 +14,341 @@ import asyncapi_python.kernel.document as spec
 from .messages import json
 
 
+class PublishactioncompletedRouter(Publisher[json.ActionCompleted]):
+    """Published by the provisioning saga when an action succeeds or fails."""
+
+    class Inputs(Publisher.Inputs):
+        """Base inputs (no channel parameters)."""
+
+        pass
+
+    def __init__(
+        self,
+        wire_factory: AbstractWireFactory[Any, Any],
+        codec_factory: CodecFactory[Any, Any],
+    ):
+        operation = spec.Operation(
+            action="send",
+            title=None,
+            summary=None,
+            description="Published by the provisioning saga when an action succeeds or fails.",
+            channel=spec.Channel(
+                address="provisioning.action.completed",
+                title=None,
+                summary=None,
+                description="A long-running action on an instance ended, successfully or not.",
+                servers=[],
+                messages={
+                    "actionCompleted": spec.Message(
+                        content_type="application/json",
+                        headers=None,
+                        payload={"$ref": "#/components/schemas/ActionCompletedEvent"},
+                        summary="A long-running action on an instance ended, successfully or not.",
+                        name="action.completed",
+                        title="Action completed",
+                        description=None,
+                        deprecated=None,
+                        correlation_id=None,
+                        tags=[],
+                        externalDocs=None,
+                        bindings=None,
+                        traits=[],
+                        key="",
+                    )
+                },
+                parameters={},
+                tags=[],
+                external_docs=None,
+                bindings=spec.ChannelBindings(
+                    http=None,
+                    amqp1=None,
+                    mqtt=None,
+                    nats=None,
+                    stomp=None,
+                    redis=None,
+                    solace=None,
+                    ws=None,
+                    amqp=spec.AmqpChannelBinding(
+                        type="routingKey",
+                        queue=None,
+                        exchange=spec.AmqpExchange(
+                            name="hangar.events",
+                            type=spec.AmqpExchangeType.TOPIC,
+                            durable=True,
+                            auto_delete=None,
+                            vhost="/",
+                            arguments=None,
+                        ),
+                        binding_version="0.3.0",
+                        extensions={},
+                    ),
+                    kafka=None,
+                    anypointmq=None,
+                    jms=None,
+                    sns=None,
+                    sqs=None,
+                    ibmmq=None,
+                    googlepubsub=None,
+                    pulsar=None,
+                ),
+                key="/ping/pubsub",
+            ),
+            messages=[
+                spec.Message(
+                    content_type="application/json",
+                    headers=None,
+                    payload={"$ref": "#/components/schemas/ActionCompletedEvent"},
+                    summary="A long-running action on an instance ended, successfully or not.",
+                    name="action.completed",
+                    title="Action completed",
+                    description=None,
+                    deprecated=None,
+                    correlation_id=None,
+                    tags=[],
+                    externalDocs=None,
+                    bindings=None,
+                    traits=[],
+                    key="",
+                )
+            ],
+            reply=None,
+            traits=[],
+            security=[],
+            tags=[],
+            external_docs=None,
+            bindings=None,
+            key="publishActionCompleted",
+        )
+
+        super().__init__(
+            operation=operation, wire_factory=wire_factory, codec_factory=codec_factory
+        )
+
+
+class PublishallocationclaimedRouter(Publisher[json.AllocationClaimed]):
+    """Published by placement, in the transaction of the claim."""
+
+    class Inputs(Publisher.Inputs):
+        """Base inputs (no channel parameters)."""
+
+        pass
+
+    def __init__(
+        self,
+        wire_factory: AbstractWireFactory[Any, Any],
+        codec_factory: CodecFactory[Any, Any],
+    ):
+        operation = spec.Operation(
+            action="send",
+            title=None,
+            summary=None,
+            description="Published by placement, in the transaction of the claim.",
+            channel=spec.Channel(
+                address="inventory.allocation.claimed",
+                title=None,
+                summary=None,
+                description="Placement claimed resources on a host for a consumer (an instance).",
+                servers=[],
+                messages={
+                    "allocationClaimed": spec.Message(
+                        content_type="application/json",
+                        headers=None,
+                        payload={"$ref": "#/components/schemas/AllocationClaimedEvent"},
+                        summary="Placement claimed resources on a host for a consumer (an instance).",
+                        name="allocation.claimed",
+                        title="Allocation claimed",
+                        description=None,
+                        deprecated=None,
+                        correlation_id=None,
+                        tags=[],
+                        externalDocs=None,
+                        bindings=None,
+                        traits=[],
+                        key="",
+                    )
+                },
+                parameters={},
+                tags=[],
+                external_docs=None,
+                bindings=spec.ChannelBindings(
+                    http=None,
+                    amqp1=None,
+                    mqtt=None,
+                    nats=None,
+                    stomp=None,
+                    redis=None,
+                    solace=None,
+                    ws=None,
+                    amqp=spec.AmqpChannelBinding(
+                        type="routingKey",
+                        queue=None,
+                        exchange=spec.AmqpExchange(
+                            name="hangar.events",
+                            type=spec.AmqpExchangeType.TOPIC,
+                            durable=True,
+                            auto_delete=None,
+                            vhost="/",
+                            arguments=None,
+                        ),
+                        binding_version="0.3.0",
+                        extensions={},
+                    ),
+                    kafka=None,
+                    anypointmq=None,
+                    jms=None,
+                    sns=None,
+                    sqs=None,
+                    ibmmq=None,
+                    googlepubsub=None,
+                    pulsar=None,
+                ),
+                key="/ping/pubsub",
+            ),
+            messages=[
+                spec.Message(
+                    content_type="application/json",
+                    headers=None,
+                    payload={"$ref": "#/components/schemas/AllocationClaimedEvent"},
+                    summary="Placement claimed resources on a host for a consumer (an instance).",
+                    name="allocation.claimed",
+                    title="Allocation claimed",
+                    description=None,
+                    deprecated=None,
+                    correlation_id=None,
+                    tags=[],
+                    externalDocs=None,
+                    bindings=None,
+                    traits=[],
+                    key="",
+                )
+            ],
+            reply=None,
+            traits=[],
+            security=[],
+            tags=[],
+            external_docs=None,
+            bindings=None,
+            key="publishAllocationClaimed",
+        )
+
+        super().__init__(
+            operation=operation, wire_factory=wire_factory, codec_factory=codec_factory
+        )
+
+
+class PublishallocationreleasedRouter(Publisher[json.AllocationReleased]):
+    """Published by placement when a consumer's allocation is released (terminate, failed create, compensation)."""
+
+    class Inputs(Publisher.Inputs):
+        """Base inputs (no channel parameters)."""
+
+        pass
+
+    def __init__(
+        self,
+        wire_factory: AbstractWireFactory[Any, Any],
+        codec_factory: CodecFactory[Any, Any],
+    ):
+        operation = spec.Operation(
+            action="send",
+            title=None,
+            summary=None,
+            description="Published by placement when a consumer's allocation is released (terminate, failed create, compensation).",
+            channel=spec.Channel(
+                address="inventory.allocation.released",
+                title=None,
+                summary=None,
+                description="A consumer's resources on a host were given back.",
+                servers=[],
+                messages={
+                    "allocationReleased": spec.Message(
+                        content_type="application/json",
+                        headers=None,
+                        payload={
+                            "$ref": "#/components/schemas/AllocationReleasedEvent"
+                        },
+                        summary="A consumer's resources on a host were given back.",
+                        name="allocation.released",
+                        title="Allocation released",
+                        description=None,
+                        deprecated=None,
+                        correlation_id=None,
+                        tags=[],
+                        externalDocs=None,
+                        bindings=None,
+                        traits=[],
+                        key="",
+                    )
+                },
+                parameters={},
+                tags=[],
+                external_docs=None,
+                bindings=spec.ChannelBindings(
+                    http=None,
+                    amqp1=None,
+                    mqtt=None,
+                    nats=None,
+                    stomp=None,
+                    redis=None,
+                    solace=None,
+                    ws=None,
+                    amqp=spec.AmqpChannelBinding(
+                        type="routingKey",
+                        queue=None,
+                        exchange=spec.AmqpExchange(
+                            name="hangar.events",
+                            type=spec.AmqpExchangeType.TOPIC,
+                            durable=True,
+                            auto_delete=None,
+                            vhost="/",
+                            arguments=None,
+                        ),
+                        binding_version="0.3.0",
+                        extensions={},
+                    ),
+                    kafka=None,
+                    anypointmq=None,
+                    jms=None,
+                    sns=None,
+                    sqs=None,
+                    ibmmq=None,
+                    googlepubsub=None,
+                    pulsar=None,
+                ),
+                key="/ping/pubsub",
+            ),
+            messages=[
+                spec.Message(
+                    content_type="application/json",
+                    headers=None,
+                    payload={"$ref": "#/components/schemas/AllocationReleasedEvent"},
+                    summary="A consumer's resources on a host were given back.",
+                    name="allocation.released",
+                    title="Allocation released",
+                    description=None,
+                    deprecated=None,
+                    correlation_id=None,
+                    tags=[],
+                    externalDocs=None,
+                    bindings=None,
+                    traits=[],
+                    key="",
+                )
+            ],
+            reply=None,
+            traits=[],
+            security=[],
+            tags=[],
+            external_docs=None,
+            bindings=None,
+            key="publishAllocationReleased",
+        )
+
+        super().__init__(
+            operation=operation, wire_factory=wire_factory, codec_factory=codec_factory
+        )
+
+
 class PublishapikeycreatedRouter(Publisher[json.ApiKeyCreated]):
     """Published by signUp and acceptInvitation (the first key) and by createApiKey."""
 
@@ -229,6 +564,676 @@ class PublishapikeyrevokedRouter(Publisher[json.ApiKeyRevoked]):
             external_docs=None,
             bindings=None,
             key="publishApiKeyRevoked",
+        )
+
+        super().__init__(
+            operation=operation, wire_factory=wire_factory, codec_factory=codec_factory
+        )
+
+
+class PublishinstancefailedRouter(Publisher[json.InstanceFailed]):
+    """Published by the provisioning saga after compensation, when no (further) host could run it."""
+
+    class Inputs(Publisher.Inputs):
+        """Base inputs (no channel parameters)."""
+
+        pass
+
+    def __init__(
+        self,
+        wire_factory: AbstractWireFactory[Any, Any],
+        codec_factory: CodecFactory[Any, Any],
+    ):
+        operation = spec.Operation(
+            action="send",
+            title=None,
+            summary=None,
+            description="Published by the provisioning saga after compensation, when no (further) host could run it.",
+            channel=spec.Channel(
+                address="provisioning.instance.failed",
+                title=None,
+                summary=None,
+                description="An instance could not be created (or restarted); what it held was released.",
+                servers=[],
+                messages={
+                    "instanceFailed": spec.Message(
+                        content_type="application/json",
+                        headers=None,
+                        payload={"$ref": "#/components/schemas/InstanceFailedEvent"},
+                        summary="An instance could not be created (or restarted); what it held was released.",
+                        name="instance.failed",
+                        title="Instance failed",
+                        description=None,
+                        deprecated=None,
+                        correlation_id=None,
+                        tags=[],
+                        externalDocs=None,
+                        bindings=None,
+                        traits=[],
+                        key="",
+                    )
+                },
+                parameters={},
+                tags=[],
+                external_docs=None,
+                bindings=spec.ChannelBindings(
+                    http=None,
+                    amqp1=None,
+                    mqtt=None,
+                    nats=None,
+                    stomp=None,
+                    redis=None,
+                    solace=None,
+                    ws=None,
+                    amqp=spec.AmqpChannelBinding(
+                        type="routingKey",
+                        queue=None,
+                        exchange=spec.AmqpExchange(
+                            name="hangar.events",
+                            type=spec.AmqpExchangeType.TOPIC,
+                            durable=True,
+                            auto_delete=None,
+                            vhost="/",
+                            arguments=None,
+                        ),
+                        binding_version="0.3.0",
+                        extensions={},
+                    ),
+                    kafka=None,
+                    anypointmq=None,
+                    jms=None,
+                    sns=None,
+                    sqs=None,
+                    ibmmq=None,
+                    googlepubsub=None,
+                    pulsar=None,
+                ),
+                key="/ping/pubsub",
+            ),
+            messages=[
+                spec.Message(
+                    content_type="application/json",
+                    headers=None,
+                    payload={"$ref": "#/components/schemas/InstanceFailedEvent"},
+                    summary="An instance could not be created (or restarted); what it held was released.",
+                    name="instance.failed",
+                    title="Instance failed",
+                    description=None,
+                    deprecated=None,
+                    correlation_id=None,
+                    tags=[],
+                    externalDocs=None,
+                    bindings=None,
+                    traits=[],
+                    key="",
+                )
+            ],
+            reply=None,
+            traits=[],
+            security=[],
+            tags=[],
+            external_docs=None,
+            bindings=None,
+            key="publishInstanceFailed",
+        )
+
+        super().__init__(
+            operation=operation, wire_factory=wire_factory, codec_factory=codec_factory
+        )
+
+
+class PublishinstancerequestedRouter(Publisher[json.InstanceRequested]):
+    """Published by createInstance, in the transaction that records the pending instance and its create action."""
+
+    class Inputs(Publisher.Inputs):
+        """Base inputs (no channel parameters)."""
+
+        pass
+
+    def __init__(
+        self,
+        wire_factory: AbstractWireFactory[Any, Any],
+        codec_factory: CodecFactory[Any, Any],
+    ):
+        operation = spec.Operation(
+            action="send",
+            title=None,
+            summary=None,
+            description="Published by createInstance, in the transaction that records the pending instance and its create action.",
+            channel=spec.Channel(
+                address="provisioning.instance.requested",
+                title=None,
+                summary=None,
+                description="A tenant asked for an instance; the create saga starts from here.",
+                servers=[],
+                messages={
+                    "instanceRequested": spec.Message(
+                        content_type="application/json",
+                        headers=None,
+                        payload={"$ref": "#/components/schemas/InstanceRequestedEvent"},
+                        summary="A tenant asked for an instance; the create saga starts from here.",
+                        name="instance.requested",
+                        title="Instance requested",
+                        description=None,
+                        deprecated=None,
+                        correlation_id=None,
+                        tags=[],
+                        externalDocs=None,
+                        bindings=None,
+                        traits=[],
+                        key="",
+                    )
+                },
+                parameters={},
+                tags=[],
+                external_docs=None,
+                bindings=spec.ChannelBindings(
+                    http=None,
+                    amqp1=None,
+                    mqtt=None,
+                    nats=None,
+                    stomp=None,
+                    redis=None,
+                    solace=None,
+                    ws=None,
+                    amqp=spec.AmqpChannelBinding(
+                        type="routingKey",
+                        queue=None,
+                        exchange=spec.AmqpExchange(
+                            name="hangar.events",
+                            type=spec.AmqpExchangeType.TOPIC,
+                            durable=True,
+                            auto_delete=None,
+                            vhost="/",
+                            arguments=None,
+                        ),
+                        binding_version="0.3.0",
+                        extensions={},
+                    ),
+                    kafka=None,
+                    anypointmq=None,
+                    jms=None,
+                    sns=None,
+                    sqs=None,
+                    ibmmq=None,
+                    googlepubsub=None,
+                    pulsar=None,
+                ),
+                key="/ping/pubsub",
+            ),
+            messages=[
+                spec.Message(
+                    content_type="application/json",
+                    headers=None,
+                    payload={"$ref": "#/components/schemas/InstanceRequestedEvent"},
+                    summary="A tenant asked for an instance; the create saga starts from here.",
+                    name="instance.requested",
+                    title="Instance requested",
+                    description=None,
+                    deprecated=None,
+                    correlation_id=None,
+                    tags=[],
+                    externalDocs=None,
+                    bindings=None,
+                    traits=[],
+                    key="",
+                )
+            ],
+            reply=None,
+            traits=[],
+            security=[],
+            tags=[],
+            external_docs=None,
+            bindings=None,
+            key="publishInstanceRequested",
+        )
+
+        super().__init__(
+            operation=operation, wire_factory=wire_factory, codec_factory=codec_factory
+        )
+
+
+class PublishinstancerunningRouter(Publisher[json.InstanceRunning]):
+    """Published by the provisioning saga when the host reports the instance running."""
+
+    class Inputs(Publisher.Inputs):
+        """Base inputs (no channel parameters)."""
+
+        pass
+
+    def __init__(
+        self,
+        wire_factory: AbstractWireFactory[Any, Any],
+        codec_factory: CodecFactory[Any, Any],
+    ):
+        operation = spec.Operation(
+            action="send",
+            title=None,
+            summary=None,
+            description="Published by the provisioning saga when the host reports the instance running.",
+            channel=spec.Channel(
+                address="provisioning.instance.running",
+                title=None,
+                summary=None,
+                description="An instance became running (after create, start or reboot); metering starts or continues here.",
+                servers=[],
+                messages={
+                    "instanceRunning": spec.Message(
+                        content_type="application/json",
+                        headers=None,
+                        payload={"$ref": "#/components/schemas/InstanceRunningEvent"},
+                        summary="An instance became running (after create, start or reboot); metering starts or continues here.",
+                        name="instance.running",
+                        title="Instance running",
+                        description=None,
+                        deprecated=None,
+                        correlation_id=None,
+                        tags=[],
+                        externalDocs=None,
+                        bindings=None,
+                        traits=[],
+                        key="",
+                    )
+                },
+                parameters={},
+                tags=[],
+                external_docs=None,
+                bindings=spec.ChannelBindings(
+                    http=None,
+                    amqp1=None,
+                    mqtt=None,
+                    nats=None,
+                    stomp=None,
+                    redis=None,
+                    solace=None,
+                    ws=None,
+                    amqp=spec.AmqpChannelBinding(
+                        type="routingKey",
+                        queue=None,
+                        exchange=spec.AmqpExchange(
+                            name="hangar.events",
+                            type=spec.AmqpExchangeType.TOPIC,
+                            durable=True,
+                            auto_delete=None,
+                            vhost="/",
+                            arguments=None,
+                        ),
+                        binding_version="0.3.0",
+                        extensions={},
+                    ),
+                    kafka=None,
+                    anypointmq=None,
+                    jms=None,
+                    sns=None,
+                    sqs=None,
+                    ibmmq=None,
+                    googlepubsub=None,
+                    pulsar=None,
+                ),
+                key="/ping/pubsub",
+            ),
+            messages=[
+                spec.Message(
+                    content_type="application/json",
+                    headers=None,
+                    payload={"$ref": "#/components/schemas/InstanceRunningEvent"},
+                    summary="An instance became running (after create, start or reboot); metering starts or continues here.",
+                    name="instance.running",
+                    title="Instance running",
+                    description=None,
+                    deprecated=None,
+                    correlation_id=None,
+                    tags=[],
+                    externalDocs=None,
+                    bindings=None,
+                    traits=[],
+                    key="",
+                )
+            ],
+            reply=None,
+            traits=[],
+            security=[],
+            tags=[],
+            external_docs=None,
+            bindings=None,
+            key="publishInstanceRunning",
+        )
+
+        super().__init__(
+            operation=operation, wire_factory=wire_factory, codec_factory=codec_factory
+        )
+
+
+class PublishinstancestatechangedRouter(Publisher[json.InstanceStateChanged]):
+    """Published by the provisioning saga and by the operations that start actions, with every state change."""
+
+    class Inputs(Publisher.Inputs):
+        """Base inputs (no channel parameters)."""
+
+        pass
+
+    def __init__(
+        self,
+        wire_factory: AbstractWireFactory[Any, Any],
+        codec_factory: CodecFactory[Any, Any],
+    ):
+        operation = spec.Operation(
+            action="send",
+            title=None,
+            summary=None,
+            description="Published by the provisioning saga and by the operations that start actions, with every state change.",
+            channel=spec.Channel(
+                address="provisioning.instance.state_changed",
+                title=None,
+                summary=None,
+                description="Every transition of an instance state machine, in order per instance.",
+                servers=[],
+                messages={
+                    "instanceStateChanged": spec.Message(
+                        content_type="application/json",
+                        headers=None,
+                        payload={
+                            "$ref": "#/components/schemas/InstanceStateChangedEvent"
+                        },
+                        summary="Every transition of an instance state machine, in order per instance.",
+                        name="instance.state_changed",
+                        title="Instance state changed",
+                        description=None,
+                        deprecated=None,
+                        correlation_id=None,
+                        tags=[],
+                        externalDocs=None,
+                        bindings=None,
+                        traits=[],
+                        key="",
+                    )
+                },
+                parameters={},
+                tags=[],
+                external_docs=None,
+                bindings=spec.ChannelBindings(
+                    http=None,
+                    amqp1=None,
+                    mqtt=None,
+                    nats=None,
+                    stomp=None,
+                    redis=None,
+                    solace=None,
+                    ws=None,
+                    amqp=spec.AmqpChannelBinding(
+                        type="routingKey",
+                        queue=None,
+                        exchange=spec.AmqpExchange(
+                            name="hangar.events",
+                            type=spec.AmqpExchangeType.TOPIC,
+                            durable=True,
+                            auto_delete=None,
+                            vhost="/",
+                            arguments=None,
+                        ),
+                        binding_version="0.3.0",
+                        extensions={},
+                    ),
+                    kafka=None,
+                    anypointmq=None,
+                    jms=None,
+                    sns=None,
+                    sqs=None,
+                    ibmmq=None,
+                    googlepubsub=None,
+                    pulsar=None,
+                ),
+                key="/ping/pubsub",
+            ),
+            messages=[
+                spec.Message(
+                    content_type="application/json",
+                    headers=None,
+                    payload={"$ref": "#/components/schemas/InstanceStateChangedEvent"},
+                    summary="Every transition of an instance state machine, in order per instance.",
+                    name="instance.state_changed",
+                    title="Instance state changed",
+                    description=None,
+                    deprecated=None,
+                    correlation_id=None,
+                    tags=[],
+                    externalDocs=None,
+                    bindings=None,
+                    traits=[],
+                    key="",
+                )
+            ],
+            reply=None,
+            traits=[],
+            security=[],
+            tags=[],
+            external_docs=None,
+            bindings=None,
+            key="publishInstanceStateChanged",
+        )
+
+        super().__init__(
+            operation=operation, wire_factory=wire_factory, codec_factory=codec_factory
+        )
+
+
+class PublishinstancestoppedRouter(Publisher[json.InstanceStopped]):
+    """Published by the provisioning saga when the host reports the instance stopped."""
+
+    class Inputs(Publisher.Inputs):
+        """Base inputs (no channel parameters)."""
+
+        pass
+
+    def __init__(
+        self,
+        wire_factory: AbstractWireFactory[Any, Any],
+        codec_factory: CodecFactory[Any, Any],
+    ):
+        operation = spec.Operation(
+            action="send",
+            title=None,
+            summary=None,
+            description="Published by the provisioning saga when the host reports the instance stopped.",
+            channel=spec.Channel(
+                address="provisioning.instance.stopped",
+                title=None,
+                summary=None,
+                description="An instance stopped; metering of its compute stops here.",
+                servers=[],
+                messages={
+                    "instanceStopped": spec.Message(
+                        content_type="application/json",
+                        headers=None,
+                        payload={"$ref": "#/components/schemas/InstanceStoppedEvent"},
+                        summary="An instance stopped; metering of its compute stops here.",
+                        name="instance.stopped",
+                        title="Instance stopped",
+                        description=None,
+                        deprecated=None,
+                        correlation_id=None,
+                        tags=[],
+                        externalDocs=None,
+                        bindings=None,
+                        traits=[],
+                        key="",
+                    )
+                },
+                parameters={},
+                tags=[],
+                external_docs=None,
+                bindings=spec.ChannelBindings(
+                    http=None,
+                    amqp1=None,
+                    mqtt=None,
+                    nats=None,
+                    stomp=None,
+                    redis=None,
+                    solace=None,
+                    ws=None,
+                    amqp=spec.AmqpChannelBinding(
+                        type="routingKey",
+                        queue=None,
+                        exchange=spec.AmqpExchange(
+                            name="hangar.events",
+                            type=spec.AmqpExchangeType.TOPIC,
+                            durable=True,
+                            auto_delete=None,
+                            vhost="/",
+                            arguments=None,
+                        ),
+                        binding_version="0.3.0",
+                        extensions={},
+                    ),
+                    kafka=None,
+                    anypointmq=None,
+                    jms=None,
+                    sns=None,
+                    sqs=None,
+                    ibmmq=None,
+                    googlepubsub=None,
+                    pulsar=None,
+                ),
+                key="/ping/pubsub",
+            ),
+            messages=[
+                spec.Message(
+                    content_type="application/json",
+                    headers=None,
+                    payload={"$ref": "#/components/schemas/InstanceStoppedEvent"},
+                    summary="An instance stopped; metering of its compute stops here.",
+                    name="instance.stopped",
+                    title="Instance stopped",
+                    description=None,
+                    deprecated=None,
+                    correlation_id=None,
+                    tags=[],
+                    externalDocs=None,
+                    bindings=None,
+                    traits=[],
+                    key="",
+                )
+            ],
+            reply=None,
+            traits=[],
+            security=[],
+            tags=[],
+            external_docs=None,
+            bindings=None,
+            key="publishInstanceStopped",
+        )
+
+        super().__init__(
+            operation=operation, wire_factory=wire_factory, codec_factory=codec_factory
+        )
+
+
+class PublishinstanceterminatedRouter(Publisher[json.InstanceTerminated]):
+    """Published by the provisioning saga when a terminate action completes."""
+
+    class Inputs(Publisher.Inputs):
+        """Base inputs (no channel parameters)."""
+
+        pass
+
+    def __init__(
+        self,
+        wire_factory: AbstractWireFactory[Any, Any],
+        codec_factory: CodecFactory[Any, Any],
+    ):
+        operation = spec.Operation(
+            action="send",
+            title=None,
+            summary=None,
+            description="Published by the provisioning saga when a terminate action completes.",
+            channel=spec.Channel(
+                address="provisioning.instance.terminated",
+                title=None,
+                summary=None,
+                description="An instance was destroyed and its capacity released; it is gone for good.",
+                servers=[],
+                messages={
+                    "instanceTerminated": spec.Message(
+                        content_type="application/json",
+                        headers=None,
+                        payload={
+                            "$ref": "#/components/schemas/InstanceTerminatedEvent"
+                        },
+                        summary="An instance was destroyed and its capacity released; it is gone for good.",
+                        name="instance.terminated",
+                        title="Instance terminated",
+                        description=None,
+                        deprecated=None,
+                        correlation_id=None,
+                        tags=[],
+                        externalDocs=None,
+                        bindings=None,
+                        traits=[],
+                        key="",
+                    )
+                },
+                parameters={},
+                tags=[],
+                external_docs=None,
+                bindings=spec.ChannelBindings(
+                    http=None,
+                    amqp1=None,
+                    mqtt=None,
+                    nats=None,
+                    stomp=None,
+                    redis=None,
+                    solace=None,
+                    ws=None,
+                    amqp=spec.AmqpChannelBinding(
+                        type="routingKey",
+                        queue=None,
+                        exchange=spec.AmqpExchange(
+                            name="hangar.events",
+                            type=spec.AmqpExchangeType.TOPIC,
+                            durable=True,
+                            auto_delete=None,
+                            vhost="/",
+                            arguments=None,
+                        ),
+                        binding_version="0.3.0",
+                        extensions={},
+                    ),
+                    kafka=None,
+                    anypointmq=None,
+                    jms=None,
+                    sns=None,
+                    sqs=None,
+                    ibmmq=None,
+                    googlepubsub=None,
+                    pulsar=None,
+                ),
+                key="/ping/pubsub",
+            ),
+            messages=[
+                spec.Message(
+                    content_type="application/json",
+                    headers=None,
+                    payload={"$ref": "#/components/schemas/InstanceTerminatedEvent"},
+                    summary="An instance was destroyed and its capacity released; it is gone for good.",
+                    name="instance.terminated",
+                    title="Instance terminated",
+                    description=None,
+                    deprecated=None,
+                    correlation_id=None,
+                    tags=[],
+                    externalDocs=None,
+                    bindings=None,
+                    traits=[],
+                    key="",
+                )
+            ],
+            reply=None,
+            traits=[],
+            security=[],
+            tags=[],
+            external_docs=None,
+            bindings=None,
+            key="publishInstanceTerminated",
         )
 
         super().__init__(
@@ -915,10 +1920,37 @@ class ProducerRouter:
         codec_factory: CodecFactory[Any, Any],
     ):
         """Initialize producer router with all send operations."""
+        self.publish_action_completed = PublishactioncompletedRouter(
+            wire_factory, codec_factory
+        )
+        self.publish_allocation_claimed = PublishallocationclaimedRouter(
+            wire_factory, codec_factory
+        )
+        self.publish_allocation_released = PublishallocationreleasedRouter(
+            wire_factory, codec_factory
+        )
         self.publish_api_key_created = PublishapikeycreatedRouter(
             wire_factory, codec_factory
         )
         self.publish_api_key_revoked = PublishapikeyrevokedRouter(
+            wire_factory, codec_factory
+        )
+        self.publish_instance_failed = PublishinstancefailedRouter(
+            wire_factory, codec_factory
+        )
+        self.publish_instance_requested = PublishinstancerequestedRouter(
+            wire_factory, codec_factory
+        )
+        self.publish_instance_running = PublishinstancerunningRouter(
+            wire_factory, codec_factory
+        )
+        self.publish_instance_state_changed = PublishinstancestatechangedRouter(
+            wire_factory, codec_factory
+        )
+        self.publish_instance_stopped = PublishinstancestoppedRouter(
+            wire_factory, codec_factory
+        )
+        self.publish_instance_terminated = PublishinstanceterminatedRouter(
             wire_factory, codec_factory
         )
         self.publish_member_invited = PublishmemberinvitedRouter(

@@ -3,6 +3,8 @@ from enum import StrEnum
 
 
 class Scope(StrEnum):
+    ADMINREAD = "admin:read"
+    ADMINWRITE = "admin:write"
     API_KEYSREAD = "api-keys:read"
     API_KEYSWRITE = "api-keys:write"
     BILLINGREAD = "billing:read"

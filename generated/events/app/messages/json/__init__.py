@@ -8,8 +8,17 @@ comment); codegen.py replaces them with the wire-exact models of `generated.even
 
 from generated.events import models
 
+ActionCompleted = models.ActionCompletedEvent
+AllocationClaimed = models.AllocationClaimedEvent
+AllocationReleased = models.AllocationReleasedEvent
 ApiKeyCreated = models.ApiKeyCreatedEvent
 ApiKeyRevoked = models.ApiKeyRevokedEvent
+InstanceFailed = models.InstanceFailedEvent
+InstanceRequested = models.InstanceRequestedEvent
+InstanceRunning = models.InstanceRunningEvent
+InstanceStateChanged = models.InstanceStateChangedEvent
+InstanceStopped = models.InstanceStoppedEvent
+InstanceTerminated = models.InstanceTerminatedEvent
 MemberInvited = models.MemberInvitedEvent
 MemberJoined = models.MemberJoinedEvent
 MemberRemoved = models.MemberRemovedEvent
@@ -18,8 +27,17 @@ OrganizationCreated = models.OrganizationCreatedEvent
 OrganizationUpdated = models.OrganizationUpdatedEvent
 
 __all__ = [
+    "ActionCompleted",
+    "AllocationClaimed",
+    "AllocationReleased",
     "ApiKeyCreated",
     "ApiKeyRevoked",
+    "InstanceFailed",
+    "InstanceRequested",
+    "InstanceRunning",
+    "InstanceStateChanged",
+    "InstanceStopped",
+    "InstanceTerminated",
     "MemberInvited",
     "MemberJoined",
     "MemberRemoved",
