@@ -83,6 +83,8 @@ class Wiring:
     authenticate: Authenticate
     # relay(settings, session_factory) -> an object with start()/stop(), or None.
     relay: Callable[[Settings, sessionmaker[Session]], Any] | None = None
+    # The contexts' start-up work and background services (hangar.background), or None.
+    background: Callable[[], Any] | None = None
 
 
 def default_wiring() -> Wiring:
@@ -103,7 +105,14 @@ def default_wiring() -> Wiring:
         bind=bind,
         authenticate=authenticate,
         relay=_make_relay,
+        background=_discover_background,
     )
+
+
+def _discover_background() -> Any:
+    from hangar.background import discover
+
+    return discover()
 
 
 def _make_relay(settings: Settings, sessions: sessionmaker[Session]) -> Any:
@@ -176,12 +185,19 @@ def create_app(settings: Settings, wiring: Wiring | None = None) -> HangarApp:
 
     @asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
+        background = wiring.background() if wiring.background else None
+        if background is not None:
+            background.prepare(settings, sessions)  # e.g. seed the catalogue; always, even without workers
         relay = wiring.relay(settings, sessions) if (settings.run_relay and wiring.relay) else None
         if relay is not None:
             relay.start()
         try:
+            if background is not None and settings.run_relay:
+                background.start(settings, sessions)  # e.g. the provisioning saga runner
             yield
         finally:
+            if background is not None:
+                background.stop()
             if relay is not None:
                 relay.stop()
             engine.dispose()

@@ -80,8 +80,13 @@ def main(argv: list[str] | None = None) -> int:
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    from hangar.background import discover
+
+    background = discover()
+    background.prepare(settings, session_factory)
     relay = Relay(settings, session_factory, publisher)
     relay.start()
+    background.start(settings, session_factory)
     names = ", ".join(bus.consumers()) or "none registered"
     _say(f"started — relay → {transport}; consumers: {names} (from {len(modules)} module(s));")
     _say(f"database {_database_label(settings.database_url)}. Stop with Ctrl-C or SIGTERM.")
@@ -94,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                 code = 3
                 break
     finally:
+        background.stop()
         relay.stop()
         if consumers is not None:
             consumers.stop()
