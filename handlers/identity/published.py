@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from handlers.identity import keys, policy
-from handlers.identity.tables import ApiKey, Membership
+from handlers.identity.tables import ApiKey, Membership, Organization
 from hangar.context import Principal
 
 # How stale `last_used_at` may be. Writing it on every request would turn every read into
@@ -33,15 +33,16 @@ def authenticate(session: Session, bearer_token: str, now: datetime) -> Principa
     if prefix is None:  # malformed or bad checksum: no database round trip
         return None
     row = session.execute(
-        select(ApiKey, Membership.role)
+        select(ApiKey, Membership.role, Organization.is_operator)
         .join(
             Membership, (Membership.organization_id == ApiKey.organization_id) & (Membership.user_id == ApiKey.user_id)
         )
+        .join(Organization, Organization.id == ApiKey.organization_id)
         .where(ApiKey.prefix == prefix, Membership.status == "active")
     ).one_or_none()
     if row is None:
         return None
-    key, role = row
+    key, role, is_operator = row
     if not keys.matches(bearer_token, key.key_hash) or key.status(now) != "active":
         return None
     _touch(session, key, now)
@@ -50,7 +51,7 @@ def authenticate(session: Session, bearer_token: str, now: datetime) -> Principa
         user_id=key.user_id,
         api_key_id=key.id,
         role=role,
-        scopes=policy.effective_scopes(key.scopes, role),
+        scopes=policy.effective_scopes(key.scopes, role, operator=is_operator),
     )
 
 
@@ -69,3 +70,15 @@ def _touch(session: Session, key: ApiKey, now: datetime) -> None:
     )
     # Reflect it in the loaded row without marking it dirty (no second, unconditional UPDATE).
     set_committed_value(key, "last_used_at", now)
+
+
+def create_operator(session: Session, *, email: str, organization_name: str, now: datetime) -> tuple[str, str, str]:
+    """Create the platform operator's organization (see services.create_operator) in
+    `session`'s transaction; the caller commits. Returns (organization id, user e-mail, the
+    first key's secret — shown once)."""
+    from handlers.identity import services  # the hot path above does not need the services
+    from hangar.context import RequestContext
+
+    ctx = RequestContext(request_id="hangar-admin", session=session, now=now)
+    result = services.create_operator(ctx, email=email, organization_name=organization_name)
+    return str(result.organization.id), result.user.email, result.secret

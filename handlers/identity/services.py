@@ -136,6 +136,50 @@ def sign_up(
     return SignupResult(organization=org, user=user, api_key=created.api_key, secret=created.secret)
 
 
+OPERATOR_KEY_NAME = "operator bootstrap key"
+
+
+def create_operator(ctx: RequestContext, *, email: str, organization_name: str) -> SignupResult:
+    """The platform operator's organization, its owner and a first key holding every scope
+    including admin:*. Not an API operation: run by `hangar-admin create-operator` on a
+    machine with database access, so the power to operate the platform never travels through
+    the public API. The owner has no password (keys only); an existing address is a 409."""
+    session, now = ctx.session, ctx.now
+    user = User(
+        id=uuid.uuid4(),
+        email=email,
+        email_normalized=email.lower(),
+        name=None,
+        password_hash=None,
+        status="active",
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(user)
+    _flush_or_conflict(ctx, "email-taken", "A user with this e-mail address already exists.")
+    org = Organization(
+        id=uuid.uuid4(), name=organization_name, billing_email=email, is_operator=True, created_at=now, updated_at=now
+    )
+    session.add(org)
+    session.flush()
+    session.add(
+        Membership(
+            id=uuid.uuid4(),
+            organization_id=org.id,
+            user_id=user.id,
+            role="owner",
+            status="active",
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    ctx.emit(
+        "organization.created", org.id, {"name": org.name, "owner_user_id": str(user.id), "owner_email": user.email}
+    )
+    created = _new_key(ctx, org.id, user.id, OPERATOR_KEY_NAME, sorted(policy.caps("owner", operator=True)), None)
+    return SignupResult(organization=org, user=user, api_key=created.api_key, secret=created.secret)
+
+
 def get_me(ctx: RequestContext) -> Me:
     caller = ctx.caller
     key = _load_key(ctx, caller.api_key_id)
@@ -336,7 +380,8 @@ def create_api_key(ctx: RequestContext, *, name: str, scopes: list[str], expires
     requested = set(scopes)
     # No escalation: a key can only hand out what its holder's role allows *and* what the
     # key making the request holds (caller.scopes is already key ∩ role).
-    beyond = sorted((requested - policy.caps(caller.role)) | (requested - caller.scopes))
+    operator = _load_org(ctx, caller.organization_id).is_operator
+    beyond = sorted((requested - policy.caps(caller.role, operator=operator)) | (requested - caller.scopes))
     if beyond:
         raise Forbidden(
             f"The new key cannot hold scopes that your role or your API key lacks: {', '.join(beyond)}.",
