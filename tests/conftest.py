@@ -294,6 +294,12 @@ def start_server(database_url: str, log: Path, **env: str) -> LiveServer:
         "HANGAR_PORT": str(port),
         "HANGAR_VALIDATE_RESPONSES": "1",
         "PYTHONPATH": str(ROOT),
+        # The simulated fleet with short delays, like make_settings: a test that wants real
+        # local processes passes HANGAR_DRIVER=local (their directories go beside the log).
+        "HANGAR_DRIVER": "sim",
+        "HANGAR_SIM_DELAY_MS": "50",
+        "HANGAR_SAGA_POLL_SECONDS": "0.05",
+        "HANGAR_INSTANCES_DIR": str(log.parent / "instances"),
         **env,
     }
     environment.pop("HANGAR_BROKER_URL", None)
