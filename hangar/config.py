@@ -42,6 +42,10 @@ class Settings:
     database_url: str = field(default_factory=lambda: f"sqlite:///{ROOT / '.hangar' / 'hangar.db'}")
     # None → in-process event delivery; amqp://guest:guest@127.0.0.1:5672/ → RabbitMQ.
     broker_url: str | None = None
+    # The exchange events go to (None: the contract's, hangar.events) and the prefix of the
+    # workers' durable queues. A test run or a staging stack sharing a broker sets both.
+    amqp_exchange: str | None = None
+    amqp_queue_prefix: str = "hangar"
     host: str = "127.0.0.1"
     port: int = 8080
     # Response validation costs throughput; on in tests and CI, off by default in `make run`.
@@ -74,6 +78,8 @@ class Settings:
     def from_env(cls, **overrides: object) -> Settings:
         values: dict[str, object] = {
             "broker_url": os.environ.get("HANGAR_BROKER_URL") or None,
+            "amqp_exchange": os.environ.get("HANGAR_AMQP_EXCHANGE") or None,
+            "amqp_queue_prefix": os.environ.get("HANGAR_AMQP_QUEUE_PREFIX") or "hangar",
             "host": os.environ.get("HANGAR_HOST", "127.0.0.1"),
             "port": _int("HANGAR_PORT", 8080),
             "validate_responses": _bool("HANGAR_VALIDATE_RESPONSES", False),

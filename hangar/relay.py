@@ -85,7 +85,7 @@ def make_publisher(settings: Settings, bus: Bus) -> Publisher:
         return InProcessPublisher(bus)
     from hangar.amqp import AmqpPublisher  # aio-pika and its event loop only when needed
 
-    return AmqpPublisher(settings.broker_url)
+    return AmqpPublisher(settings.broker_url, exchange=settings.amqp_exchange)
 
 
 @dataclass(frozen=True)

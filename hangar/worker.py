@@ -58,9 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         from hangar.amqp import AmqpConsumers, AmqpPublisher, BrokerUnavailableError, redact
 
         try:
-            consumers = AmqpConsumers(settings.broker_url, bus)
+            consumers = AmqpConsumers(
+                settings.broker_url, bus, exchange=settings.amqp_exchange, queue_prefix=settings.amqp_queue_prefix
+            )
             consumers.start()
-            publisher = AmqpPublisher(settings.broker_url)
+            publisher = AmqpPublisher(settings.broker_url, exchange=settings.amqp_exchange)
         except BrokerUnavailableError as exc:
             if consumers is not None:
                 consumers.stop()
