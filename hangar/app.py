@@ -312,3 +312,7 @@ def main() -> None:
     import uvicorn
 
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None)
+
+
+if __name__ == "__main__":
+    main()
