@@ -819,10 +819,10 @@ class LocalDriver:
         wd = self.workdir(iid)
         if not wd.exists():
             return True
-        if not self.run_dir(iid).is_dir():  # half-created: no lock, no process to kill
-            _rmtree(wd)
-            return not wd.exists()
         try:
+            if not self.run_dir(iid).is_dir():  # half-created: no lock, no process to kill
+                _rmtree(wd)
+                return not wd.exists()
             with self._lock(iid):
                 if not self._kill_all(iid):
                     return False

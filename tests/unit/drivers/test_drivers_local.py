@@ -316,6 +316,14 @@ class TestDestroy:
         assert run_to_end(driver, running, "destroy").ok
         assert run_to_end(driver, make_spec(), "destroy").ok
 
+    def test_destroy_removes_a_half_created_workdir(self, driver: LocalDriver) -> None:
+        spec = make_spec()
+        workdir = driver.workdir(spec.instance_id)
+        workdir.mkdir(parents=True)
+        (workdir / "manifest.json").write_text("{}")
+        assert run_to_end(driver, spec, "destroy").ok
+        assert not workdir.exists()
+
     def test_destroy_removes_what_the_instance_locked_down(self, driver: LocalDriver, running: InstanceSpec) -> None:
         locked = driver.home(running.instance_id) / "a" / "b"
         locked.mkdir(parents=True)
