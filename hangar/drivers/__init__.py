@@ -18,7 +18,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal, Protocol, get_args
+from typing import TYPE_CHECKING, Literal, Protocol, cast, get_args
 
 if TYPE_CHECKING:
     from hangar.config import Settings
@@ -103,7 +103,7 @@ def check_operation(operation: str) -> Operation:
     failure, so it must not be reported as a failed `Progress`."""
     if operation not in OPERATIONS:
         raise ValueError(f"unknown host operation {operation!r}; expected one of {', '.join(OPERATIONS)}")
-    return operation  # type: ignore[return-value]  # narrowed by the membership test
+    return cast(Operation, operation)  # the membership test above is the narrowing
 
 
 def make_driver(settings: Settings) -> HostDriver:

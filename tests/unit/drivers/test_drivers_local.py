@@ -209,6 +209,17 @@ class TestCreate:
         driver.begin(spec, "destroy")
         assert not driver.workdir(spec.instance_id).exists()
 
+    def test_limits_are_bounded_by_the_size_and_nproc_only_applies_without_root(
+        self, driver: LocalDriver, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        limits = driver._limits(disk_gb=0, memory_mb=64)
+        assert limits.fsize == 1024**3 and limits.address_space == 256 * 1024**2  # floors
+        monkeypatch.setattr(os, "geteuid", lambda: 0)
+        assert driver._limits(disk_gb=5, memory_mb=1024).nproc is None  # the kernel ignores it for root
+        monkeypatch.setattr(os, "geteuid", lambda: 1000)
+        nproc = driver._limits(disk_gb=5, memory_mb=1024).nproc
+        assert nproc is not None and nproc >= driver.nproc_headroom
+
     def test_poll_without_begin_fails_instead_of_waiting_forever(self, driver: LocalDriver) -> None:
         spec = make_spec()
         progress = driver.poll(spec, "create", utcnow(), utcnow())
