@@ -33,6 +33,9 @@ lint: $(STAMP) lint-specs ## specs, ruff, import-linter, mypy
 	$(BIN)/lint-imports
 	$(BIN)/mypy hangar handlers pipeline codegen.py
 
+diagram: $(STAMP) ## docs/instance-states.md from the instance state machine (handlers/provisioning/states.py)
+	$(BIN)/python -m handlers.provisioning.diagram
+
 migrate: $(STAMP) ## apply alembic migrations to HANGAR_DATABASE_URL (default .hangar/hangar.db)
 	$(BIN)/alembic upgrade head
 
@@ -62,4 +65,4 @@ bench: $(STAMP) ## benchmarks (by hand; prints figures)
 clean: ## remove .hangar/ state and caches (keeps .venv)
 	rm -rf .hangar .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help install generate lint-specs check lint migrate run worker test contract test-postgres format bench clean
+.PHONY: help install generate lint-specs check lint diagram migrate run worker test contract test-postgres format bench clean
