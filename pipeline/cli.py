@@ -17,6 +17,27 @@ Naming (the linode-cli way, from the spec's `x-cli` extension):
 Two Hangar-specific behaviours are declared here, not guessed: which operations store
 credentials in the CLI config (signup, accepting an invitation) and where a path parameter's default comes from
 (`organizationId` → the configured organization, else `GET /v1/me`).
+
+Waiting and verbs, from the spec (validated here; a bad value is a CliSpecError or, for
+`x-waiter` itself, sdk.WaiterSpecError, naming the operation):
+- an operation with `x-waiter` (see pipeline/sdk.py) also gets `hangar <tag> wait ID`: it
+  polls the operation until the watched field reaches `--<field>` (choices: the targets; the
+  default when there is only one) or `--timeout` seconds pass, showing progress on stderr,
+  then prints the resource like `get`; exit 1 on a failure value or a timeout;
+- `x-cli.wait: {operationId: getAction, parameters: {actionId: '$response.body#/action/id'}}`
+  gives a command `--wait` (and `--timeout`): after the call, each parameter of the named
+  operation (which must have an `x-waiter` with a single target) is read from the response
+  by its runtime expression (`$response.body#<JSON pointer>`, checked against the response
+  schema), the waiter runs, and the awaited resource (the action) is printed instead of the
+  call's own answer;
+- `x-cli.verbs: {field: type}` on an operation whose JSON body has the string enum `type`
+  makes one command per enum value instead of one command for the operation
+  (`hangar instances stop|start|reboot ID`), each sending `{"type": "<verb>"}`; the
+  body's other fields are flags as usual (and `--body` stays only if there are any). The
+  operation's `x-cli.command` is then unused; a verb equal to another command's name is an
+  error. commands.json lists every command of an operation, comma-separated
+  (`hangar instances reboot, hangar instances start, hangar instances stop`;
+  `hangar actions get, hangar actions wait`).
 """
 
 from __future__ import annotations
@@ -25,6 +46,7 @@ import json
 import re
 import shlex
 import tempfile
+import textwrap
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +58,11 @@ TEMPLATES = ROOT / "templates" / "cli"
 PACKAGE = "hangar_cli"
 # Options every command has; an operation flag may not reuse them.
 RESERVED_OPTIONS = frozenset({"--help", "--url", "--output", "--retries", "--body", "--max-items", "--version"})
+# Options of the commands that wait (`<tag> wait`, and those with x-cli.wait).
+WAIT_OPTIONS = frozenset({"--wait", "--timeout"})
+# The fields of sdk.Waiter the CLI runtime needs (hangar_cli.model.Waiter).
+WAITER_FIELDS = ("operation_id", "noun", "field", "targets", "failure", "progress", "error", "wait_param")
+RUNTIME_EXPRESSION = re.compile(r"\$response\.body#(/.*)")
 # Operations whose response holds credentials the CLI keeps: config key → dotted response path.
 CREDENTIAL_OPERATIONS: dict[str, dict[str, str]] = {
     "signUp": {"api_key": "secret", "organization_id": "organization.id"},
@@ -46,6 +73,7 @@ PARAMETER_DEFAULTS: dict[str, tuple[str, str, str]] = {
     "organizationId": ("organization_id", "getMe", "organization.id"),
 }
 SCALARS = {"string": "str", "integer": "int", "number": "float", "boolean": "bool"}
+WAIT_TIMEOUT = 600  # seconds a wait lasts at most unless --timeout says otherwise
 
 
 @dataclass(frozen=True)
@@ -85,6 +113,15 @@ class Command:
     saves: tuple[tuple[str, str], ...]
     flags: tuple[Flag, ...] = field(default=())
     epilog: str = ""
+    kind: str = "call"  # "call": one call of the operation; "wait": poll the operation's x-waiter
+    verb: tuple[str, str] | None = None  # (body field, value) the command sends (x-cli.verbs)
+    body_option: bool = True  # has --body when it has a body (not when a verb is the body's only field)
+    waits_for: str | None = None  # "wait": the polled operation; "call": what --wait polls (x-cli.wait)
+    wait_parameters: tuple[tuple[str, str], ...] = ()  # --wait: (parameter, JSON pointer into the response)
+
+    @property
+    def line(self) -> str:
+        return " ".join(("hangar", *self.words))
 
 
 class CliSpecError(ValueError):
@@ -96,26 +133,7 @@ class CliSpecError(ValueError):
 
 def _resolve(spec: dict[str, Any], node: Any) -> Any:
     """Follow local $refs, and single-element allOf wrappers (`allOf: [{$ref}]` + description)."""
-    seen = 0
-    while isinstance(node, dict):
-        if "$ref" in node:
-            ref = node["$ref"]
-            if not ref.startswith("#/"):
-                raise CliSpecError(f"only local $refs are supported: {ref}")
-            target: Any = spec
-            for part in ref[2:].split("/"):
-                target = target[part.replace("~1", "/").replace("~0", "~")]
-            extra = {k: v for k, v in node.items() if k != "$ref"}
-            node = {**target, **extra}
-        elif isinstance(node.get("allOf"), list) and len(node["allOf"]) == 1:
-            extra = {k: v for k, v in node.items() if k != "allOf"}
-            node = {**_resolve(spec, node["allOf"][0]), **extra}
-        else:
-            return node
-        seen += 1
-        if seen > 50:
-            raise CliSpecError("$ref cycle")
-    return node
+    return sdk.resolve(spec, node, CliSpecError)
 
 
 def _ref_name(node: Any) -> str | None:
@@ -269,12 +287,10 @@ def _body_flags(spec: dict[str, Any], body: dict[str, Any]) -> list[Flag]:
 
 
 def _success(op: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
-    codes = sorted(code for code in op.get("responses", {}) if code.startswith("2"))
+    codes, schema = sdk.success_schema(op)
     if len(codes) != 1:
         raise CliSpecError(f"{op['operationId']}: expected one 2xx response, found {codes}")
-    response = op["responses"][codes[0]]
-    media = (response.get("content") or {}).get("application/json")
-    return codes[0], (media or {}).get("schema")
+    return codes[0], schema
 
 
 def _paginated(spec: dict[str, Any], schema: Any, params: list[Flag]) -> bool:
@@ -304,12 +320,18 @@ def _example_line(command: Command, spec: dict[str, Any], body_example: dict[str
             values = value if isinstance(value, list) else [value]
             for item in values[:1] if flag.repeated else values:
                 parts += [flag.option] if flag.kind == "bool" else [flag.option, str(item)]
+        elif flag.required and flag.location == "path":
+            parts.append(str(_param_example(spec, command, flag)))  # positional (templates/cli parser)
         elif flag.required:
             parts += [flag.option, str(_param_example(spec, command, flag))]
+    if command.kind == "call" and command.waits_for:
+        parts.append("--wait")
     return " ".join(shlex.quote(p) for p in parts)
 
 
 def _param_example(spec: dict[str, Any], command: Command, flag: Flag) -> Any:
+    if flag.location == "wait":
+        return flag.choices[0]
     op = spec["paths"][command.path][command.method]
     for raw in [*spec["paths"][command.path].get("parameters", []), *op.get("parameters", [])]:
         param = _resolve(spec, raw)
@@ -318,15 +340,43 @@ def _param_example(spec: dict[str, Any], command: Command, flag: Flag) -> Any:
     return flag.name
 
 
-def _epilog(spec: dict[str, Any], command: Command, body_schema: Any) -> str:
+def _wait_lines(command: Command, waiter: sdk.Waiter | None) -> list[str]:
+    """The epilog's paragraph on waiting (a `wait` command, or a command with --wait)."""
+    if waiter is None:
+        return []
+    get = f"{waiter.operation_id} ({waiter.method.upper()} {waiter.path})"
+    until = f"the {waiter.noun}'s {waiter.field} is " + (
+        f"--{kebab(waiter.field)}" if len(waiter.targets) > 1 else waiter.targets[0]
+    )
+    failed = f"is {' or '.join(waiter.failure)}, " if waiter.failure else ""
+    if command.kind == "wait":
+        text = (
+            f"Polls {get} until {until}, then prints it as `hangar {command.words[0]} get` would. "
+            f"Progress goes to stderr. Exit status 0 when it is reached; 1 when the {waiter.field} "
+            f"{failed}when --timeout passes (default {WAIT_TIMEOUT} s), or when a call fails."
+        )
+    else:
+        text = (
+            f"--wait: after the call, poll {get} until {until}, showing progress on stderr, and print "
+            f"the {waiter.noun} instead of the call's answer. Exit status 1 when its {waiter.field} "
+            f"{failed}or when --timeout passes (default {WAIT_TIMEOUT} s)."
+        )
+    return ["", *textwrap.wrap(text, 92, break_on_hyphens=False)]
+
+
+def _epilog(spec: dict[str, Any], command: Command, body_schema: Any, waiter: sdk.Waiter | None = None) -> str:
     body_example = example_value(spec, body_schema) if body_schema is not None else None
+    if isinstance(body_example, dict) and command.verb:
+        body_example.pop(command.verb[0], None)  # the verb sets it
     lines = ["example:", f"  {_example_line(command, spec, body_example or {})}"]
-    if body_example is not None:
+    if body_example is not None and command.body_option:
         lines += [
             "",
             "example body (--body takes JSON, @FILE or - for stdin; flags override its fields):",
             *(f"  {line}" for line in json.dumps(body_example, indent=2, ensure_ascii=False).splitlines()),
         ]
+    if command.verb:
+        lines += ["", f"Sends {command.operation_id} with {command.verb[0]} {json.dumps(command.verb[1])}."]
     if command.paginated:
         lines += [
             "",
@@ -339,23 +389,176 @@ def _epilog(spec: dict[str, Any], command: Command, body_schema: Any) -> str:
             "Safe to retry: a fresh Idempotency-Key is sent (and reused on retries) unless",
             "--idempotency-key is given; replaying a key returns the first response.",
         ]
+    lines += _wait_lines(command, waiter)
     for flag in command.flags:
         if flag.config_default:
             lines += ["", f"{flag.option} defaults to the configured {flag.config_default}."]
     return "\n".join(lines)
 
 
+def _verbs(spec: dict[str, Any], op: dict[str, Any], body_schema: Any) -> tuple[str, tuple[str, ...]] | None:
+    """(body field, its values) for `x-cli.verbs: {field: <name>}`, validated; None without it."""
+    verbs = (op.get("x-cli") or {}).get("verbs")
+    if verbs is None:
+        return None
+    op_id = op["operationId"]
+    if not isinstance(verbs, dict) or set(verbs) != {"field"} or not isinstance(verbs["field"], str):
+        raise CliSpecError(f"{op_id}: x-cli.verbs must be {{field: <request body field>}}")
+    if body_schema is None:
+        raise CliSpecError(f"{op_id}: x-cli.verbs needs a JSON request body")
+    name = verbs["field"]
+    props = _resolve(spec, body_schema).get("properties", {})
+    if name not in props:
+        raise CliSpecError(f"{op_id}: x-cli.verbs field `{name}` is not in the request body")
+    values = _resolve(spec, props[name]).get("enum")
+    if not values or not all(isinstance(v, str) for v in values):
+        raise CliSpecError(f"{op_id}: x-cli.verbs field `{name}` is not a string enum")
+    names = [kebab(v) for v in values]
+    if "" in names or len(set(names)) != len(names):
+        raise CliSpecError(f"{op_id}: x-cli.verbs values {values} do not make distinct command names")
+    return name, tuple(values)
+
+
+def _verb_command(spec: dict[str, Any], base: Command, tag: str, body_schema: Any, verb: tuple[str, str]) -> Command:
+    """`hangar <tag> <verb>`: the operation with the verb's field fixed (always in the tag's group)."""
+    name, value = verb
+    props = _resolve(spec, body_schema).get("properties", {})
+    others = [n for n, p in props.items() if n != name and not _resolve(spec, p).get("readOnly")]
+    noun = " ".join(words(singular(tag)))
+    article = "an" if noun[:1] in "aeiou" else "a"
+    return replace(
+        base,
+        words=(tag, kebab(value)),
+        summary=f"{value.replace('-', ' ').capitalize()} {article} {noun}",
+        flags=tuple(f for f in base.flags if not (f.location == "body" and f.name == name)),
+        verb=verb,
+        body_option=bool(others),
+    )
+
+
+def _pointer_schema(spec: dict[str, Any], schema: Any, pointer: str) -> Any:
+    """The schema a JSON pointer (`/action/id`) reaches in instances of `schema`, else None."""
+    node = schema
+    for raw in pointer.split("/")[1:]:
+        part = raw.replace("~1", "/").replace("~0", "~")
+        props = _resolve(spec, node).get("properties", {}) if node is not None else {}
+        if part not in props:
+            return None
+        node = props[part]
+    return node
+
+
+def _wait_for(
+    spec: dict[str, Any], op: dict[str, Any], response_schema: Any, waiters: dict[str, sdk.Waiter]
+) -> tuple[str, tuple[tuple[str, str], ...]] | None:
+    """(waiter operationId, ((parameter, JSON pointer), …)) for `x-cli.wait`, validated."""
+    wait = (op.get("x-cli") or {}).get("wait")
+    if wait is None:
+        return None
+    op_id = op["operationId"]
+
+    def fail(message: str) -> CliSpecError:
+        return CliSpecError(f"{op_id}: x-cli.wait {message}")
+
+    if not isinstance(wait, dict) or set(wait) != {"operationId", "parameters"}:
+        raise fail("must be {operationId: <an operation with x-waiter>, parameters: {<name>: <expression>}}")
+    target = wait["operationId"]
+    waiter = waiters.get(target)
+    if waiter is None:
+        raise fail(f"names {target}, which is not an operation with an x-waiter")
+    if len(waiter.targets) != 1:
+        raise fail(
+            f"names {target}, whose x-waiter has several targets ({', '.join(waiter.targets)}); --wait needs one"
+        )
+    parameters = wait["parameters"]
+    if not isinstance(parameters, dict) or set(parameters) != {waiter.wait_param}:
+        raise fail(f"parameters must give exactly {target}'s {waiter.wait_param}")
+    found: list[tuple[str, str]] = []
+    for name, expression in sorted(parameters.items()):
+        match = RUNTIME_EXPRESSION.fullmatch(expression) if isinstance(expression, str) else None
+        if match is None:
+            raise fail(f"parameter {name}: {expression!r} is not a `$response.body#/<JSON pointer>` expression")
+        leaf = _pointer_schema(spec, response_schema, match.group(1))
+        if leaf is None or _scalar(spec, leaf) is None:
+            raise fail(f"parameter {name}: {expression} is not a scalar of the response")
+        found.append((name, match.group(1)))
+    return target, tuple(found)
+
+
+def _wait_command(getter: Command, tag: str, waiter: sdk.Waiter) -> Command:
+    """`hangar <tag> wait ID`: the getter's flags plus the target (`--state`)."""
+    several = len(waiter.targets) > 1
+    target = Flag(
+        dest=f"w_{kebab(waiter.field).replace('-', '_')}",
+        option=f"--{kebab(waiter.field)}",
+        location="wait",
+        name=waiter.field,
+        sdk_arg=None,
+        kind="str",
+        choices=waiter.targets,
+        required=several,
+        default=None if several else waiter.targets[0],
+        help=f"The {waiter.field} to wait for.",
+    )
+    shown = ", ".join(waiter.targets[:-1]) + " or " + waiter.targets[-1] if several else waiter.targets[0]
+    return replace(
+        getter,
+        words=(tag, "wait"),
+        summary=f"Wait until the {waiter.noun}'s {waiter.field} is {shown}",
+        description="",
+        flags=(*getter.flags, target),
+        kind="wait",
+        waits_for=waiter.operation_id,
+        wait_parameters=(),
+    )
+
+
+def _check_options(command: Command) -> None:
+    options = [f.option for f in command.flags]
+    reserved = set(RESERVED_OPTIONS)
+    if command.waits_for:
+        reserved |= WAIT_OPTIONS
+    clashes = sorted({o for o in options if options.count(o) > 1} | (set(options) & reserved))
+    if clashes:
+        raise CliSpecError(f"{_label(command)}: flags collide: {', '.join(clashes)}")
+
+
+def _label(command: Command) -> str:
+    if command.verb:
+        return f"{command.operation_id} (verb {command.verb[1]})"
+    if command.kind == "wait":
+        return f"{command.operation_id} (x-waiter)"
+    return command.operation_id
+
+
+def _operations(spec: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [
+        (path, method, op)
+        for path, item in spec.get("paths", {}).items()
+        for method, op in item.items()
+        if isinstance(op, dict) and "operationId" in op
+    ]
+
+
+def _body_schema(op: dict[str, Any]) -> Any:
+    content = ((op.get("requestBody") or {}).get("content") or {}).get("application/json")
+    return content["schema"] if content else None
+
+
 def build_commands(spec: dict[str, Any]) -> list[Command]:
-    """Every operation as a Command, sorted by command words; raises CliSpecError on collisions."""
-    ops: list[tuple[str, str, dict[str, Any]]] = []
-    for path, item in spec.get("paths", {}).items():
-        for method, op in item.items():
-            if isinstance(op, dict) and "operationId" in op:
-                ops.append((path, method, op))
+    """Every command, sorted by its words: one per operation, one per verb of an operation
+    with x-cli.verbs, and a `wait` per x-waiter. Raises CliSpecError (sdk.WaiterSpecError for
+    a bad x-waiter) naming the operation, on collisions and bad extensions."""
+    from openapi_python_client.strings import ClassName
+
+    ops = _operations(spec)
+    waiters = {w.operation_id: w for w in sdk.waiters(spec)}
+    verbs = {op["operationId"]: _verbs(spec, op, _body_schema(op)) for _path, _method, op in ops}
     per_tag: dict[str, int] = {}
     for _path, _method, op in ops:
         tag = (op.get("tags") or ["default"])[0]
-        per_tag[tag] = per_tag.get(tag, 0) + 1
+        made = verbs[op["operationId"]]
+        per_tag[tag] = per_tag.get(tag, 0) + (len(made[1]) if made else 1) + (op["operationId"] in waiters)
 
     commands: list[Command] = []
     for path, method, op in ops:
@@ -363,10 +566,8 @@ def build_commands(spec: dict[str, Any]) -> list[Command]:
         op_id = op["operationId"]
         raw_params = [*spec["paths"][path].get("parameters", []), *op.get("parameters", [])]
         flags = _parameter_flags(spec, raw_params)
-        body_class, body_required, body_schema = None, (), None
-        content = ((op.get("requestBody") or {}).get("content") or {}).get("application/json")
-        if content:
-            body_schema = content["schema"]
+        body_class, body_required, body_schema = None, (), _body_schema(op)
+        if body_schema is not None:
             body_class = _ref_name(body_schema)
             if body_class is None:
                 raise CliSpecError(f"{op_id}: the request body must be a $ref to a named schema")
@@ -385,13 +586,9 @@ def build_commands(spec: dict[str, Any]) -> list[Command]:
                 node = _resolve(spec, node)["properties"]["data"]["items"]
             if node is None or not _has_path(spec, node, column):
                 raise CliSpecError(f"{op_id}: x-cli column `{column}` is not in the response")
-        options = [f.option for f in flags]
-        clashes = sorted({o for o in options if options.count(o) > 1} | (set(options) & RESERVED_OPTIONS))
-        if clashes:
-            raise CliSpecError(f"{op_id}: flags collide: {', '.join(clashes)}")
-        from openapi_python_client.strings import ClassName
+        wait = _wait_for(spec, op, response_schema, waiters)
 
-        command = Command(
+        base = Command(
             operation_id=op_id,
             words=_command_words(op, tag, per_tag[tag] == 1),
             summary=str(op.get("summary", "")).strip(),
@@ -409,25 +606,40 @@ def build_commands(spec: dict[str, Any]) -> list[Command]:
             secret_field="secret" if response_schema and _has_path(spec, response_schema, "secret") else None,
             saves=tuple(sorted(saves.items())),
             flags=tuple(flags),
+            waits_for=wait[0] if wait else None,
+            wait_parameters=wait[1] if wait else (),
         )
-        commands.append(replace(command, epilog=_epilog(spec, command, body_schema)))
+        made = verbs[op_id]
+        these = [_verb_command(spec, base, tag, body_schema, (made[0], v)) for v in made[1]] if made else [base]
+        if op_id in waiters:
+            these.append(_wait_command(base, tag, waiters[op_id]))
+        for command in these:
+            _check_options(command)
+            waiter = waiters.get(command.waits_for or "")
+            commands.append(replace(command, epilog=_epilog(spec, command, body_schema, waiter)))
     commands.sort(key=lambda c: c.words)
-    seen: dict[tuple[str, ...], str] = {}
+    seen: dict[tuple[str, ...], Command] = {}
     for command in commands:
         if command.words in seen:
             raise CliSpecError(
-                f"{command.operation_id} and {seen[command.words]} are both `hangar {' '.join(command.words)}`"
+                f"{_label(command)} and {_label(seen[command.words])} are both `hangar {' '.join(command.words)}`"
             )
-        seen[command.words] = command.operation_id
+        seen[command.words] = command
+    plain = {c.operation_id for c in commands if c.kind == "call" and c.verb is None}
     for name, (_key, source, _dotted) in PARAMETER_DEFAULTS.items():
-        if any(f.name == name for c in commands for f in c.flags) and source not in {c.operation_id for c in commands}:
+        if any(f.name == name for c in commands for f in c.flags) and source not in plain:
             raise CliSpecError(f"the default of {name} comes from {source}, which the spec lacks")
     return commands
 
 
 def command_map(commands: list[Command]) -> dict[str, str]:
-    """{operationId: "hangar api-keys list"}, sorted: the coverage table's CLI column."""
-    return {c.operation_id: " ".join(("hangar", *c.words)) for c in sorted(commands, key=lambda c: c.operation_id)}
+    """{operationId: its command lines}, sorted: the coverage table's CLI column. An operation
+    with several commands (verbs, a `wait`) lists them comma-separated, its calls first:
+    "hangar actions get, hangar actions wait"."""
+    lines: dict[str, list[str]] = {}
+    for command in sorted(commands, key=lambda c: (c.kind != "call", c.words)):
+        lines.setdefault(command.operation_id, []).append(command.line)
+    return {op_id: ", ".join(found) for op_id, found in sorted(lines.items())}
 
 
 def groups(spec: dict[str, Any], commands: list[Command]) -> list[tuple[str, str]]:
@@ -471,6 +683,9 @@ def render_cli(spec: dict[str, Any], project_dir: Path) -> None:
         "version": spec["info"]["version"],
         "package": PACKAGE,
         "parameter_defaults": PARAMETER_DEFAULTS,
+        "waiters": sdk.waiters(spec),
+        "waiter_fields": WAITER_FIELDS,
+        "wait_timeout": WAIT_TIMEOUT,
         "flag_fields": [f.name for f in Flag.__dataclass_fields__.values()],
         "command_fields": [f.name for f in Command.__dataclass_fields__.values() if f.name != "flags"],
     }

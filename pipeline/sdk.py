@@ -5,7 +5,24 @@ interpreter start-up), with the settings in templates/sdk/config.yaml and the cu
 beside it. Hangar's additions, all generated from templates/sdk/:
 - retry.py: retries, and an Idempotency-Key per logical call for `x-idempotency` operations;
 - pagination.py + `sync_all`/`asyncio_all` on list operations: walk every page;
-- errors.ApiError; our own pyproject.toml (setuptools, PEP 621) and README.md.
+- errors.ApiError; our own pyproject.toml (setuptools, PEP 621) and README.md;
+- waiters.py, from the `x-waiter` extension (below), with errors.WaitFailed / WaitTimeout.
+
+`x-waiter` makes a GET operation pollable:
+
+    x-waiter: {field: status, targets: [succeeded], failure: [failed],
+               progress: progress, error: error, wait_param: actionId}
+
+`field` is an enum property of the (named, $ref'd) 2xx response schema; `targets` are the
+enum values a caller may wait for (the first is the default), `failure` the values that end
+the wait in failure; `progress` (optional) an integer 0..100 property shown while waiting;
+`error` (optional) an object property with `code` and `message`, reported on failure;
+`wait_param` the path parameter naming the resource (the operation's only parameter). The
+operation is named get<Thing>: getAction gets `wait_for_action(client, action_id, *, …)`
+and `wait_for_action_async`; with several targets the field's name is a keyword
+(`wait_for_instance(client, instance_id, *, state="running", …)`). `waiters()` validates
+all of this and raises WaiterSpecError naming the operation; the CLI stage reuses it for
+`hangar <tag> wait` and `--wait` (pipeline/cli.py).
 
 Byte-for-byte determinism: the generator writes into a scratch directory; ruff (pinned, with
 templates/sdk/ruff.toml and --no-cache) formats it there; every file gets the header line;
@@ -21,17 +38,59 @@ import json
 import re
 import subprocess
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pipeline.stages import HEADER, ROOT, Stage, write_text
 
 TEMPLATES = ROOT / "templates" / "sdk"
 PACKAGE = "hangar_client"
 # Files rendered from templates/sdk/ into the package, beside what the generator writes.
-EXTRA_MODULES = ("retry.py", "pagination.py")
+EXTRA_MODULES = ("retry.py", "pagination.py", "waiters.py")
 SAFE_METHODS = frozenset({"get", "head", "options"})
+WAITER_KEYS = frozenset({"field", "targets", "failure", "progress", "error", "wait_param"})
+# The waiter functions' own keywords; a target keyword (the field's name) may not be one of them.
+WAITER_ARGS = frozenset({"client", "timeout", "interval", "max_interval", "on_update"})
+
+
+class WaiterSpecError(ValueError):
+    """An `x-waiter` that cannot be generated; the message starts with the operationId."""
+
+
+def resolve(spec: dict[str, Any], node: Any, error: type[ValueError] = WaiterSpecError) -> Any:
+    """Follow local $refs, and single-element allOf wrappers (`allOf: [{$ref}]` + description)."""
+    seen = 0
+    while isinstance(node, dict):
+        if "$ref" in node:
+            ref = node["$ref"]
+            if not ref.startswith("#/"):
+                raise error(f"only local $refs are supported: {ref}")
+            target: Any = spec
+            for part in ref[2:].split("/"):
+                target = target[part.replace("~1", "/").replace("~0", "~")]
+            extra = {k: v for k, v in node.items() if k != "$ref"}
+            node = {**target, **extra}
+        elif isinstance(node.get("allOf"), list) and len(node["allOf"]) == 1:
+            extra = {k: v for k, v in node.items() if k != "allOf"}
+            node = {**resolve(spec, node["allOf"][0], error), **extra}
+        else:
+            return node
+        seen += 1
+        if seen > 50:
+            raise error("$ref cycle")
+    return node
+
+
+def success_schema(op: dict[str, Any]) -> tuple[list[str], Any]:
+    """(the 2xx status codes, the JSON schema of the first one or None)."""
+    codes = sorted(code for code in op.get("responses", {}) if code.startswith("2"))
+    if not codes:
+        return codes, None
+    media = (op["responses"][codes[0]].get("content") or {}).get("application/json")
+    return codes, (media or {}).get("schema")
 
 
 def _route(method: str, path: str) -> tuple[str, str]:
@@ -51,6 +110,190 @@ def operation_extensions(spec: dict[str, Any]) -> dict[tuple[str, str], dict[str
                     "replayable": method in SAFE_METHODS or bool(op.get("x-idempotency")),
                 }
     return found
+
+
+# --- x-waiter ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Waiter:
+    """One operation's validated `x-waiter`."""
+
+    operation_id: str  # "getAction"
+    method: str
+    path: str
+    noun: str  # "action": the operationId minus `get`, in words (progress lines, messages)
+    function: str  # "wait_for_action" (and "wait_for_action_async")
+    field: str  # the watched response field ("status")
+    targets: tuple[str, ...]  # values one may wait for; the first is the default
+    failure: tuple[str, ...]  # values that end the wait in failure
+    progress: str | None  # an integer 0..100 response field
+    error: str | None  # an object response field with `code` and `message`
+    wait_param: str  # the path parameter naming the resource ("actionId")
+    model: str  # the response schema's component name ("Action")
+
+    @property
+    def target_arg(self) -> str | None:
+        """The keyword choosing the target (the field's Python name), when there is a choice."""
+        from openapi_python_client.strings import PythonIdentifier
+
+        return str(PythonIdentifier(self.field, "field_")) if len(self.targets) > 1 else None
+
+
+def _enum_values(values: Any, allowed: list[Any], what: str, fail: Callable[[str], NoReturn]) -> tuple[str, ...]:
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        fail(f"`{what}` must be a list of strings")
+    unknown = [v for v in values if v not in allowed]
+    if unknown:
+        fail(f"`{what}` has {', '.join(unknown)}, not among the field's values ({', '.join(map(str, allowed))})")
+    if len(set(values)) != len(values):
+        fail(f"`{what}` repeats a value")
+    return tuple(values)
+
+
+def _waiter(spec: dict[str, Any], path: str, method: str, op: dict[str, Any]) -> Waiter:
+    from openapi_python_client.strings import PythonIdentifier
+
+    op_id = op["operationId"]
+
+    def fail(message: str) -> NoReturn:
+        raise WaiterSpecError(f"{op_id}: x-waiter {message}")
+
+    raw = op["x-waiter"]
+    if not isinstance(raw, dict):
+        fail("must be a mapping")
+    if set(raw) - WAITER_KEYS:
+        fail(f"has unknown key(s) {', '.join(sorted(set(raw) - WAITER_KEYS))}; known: {', '.join(sorted(WAITER_KEYS))}")
+    if {"field", "targets", "wait_param"} - set(raw):
+        fail(f"lacks {', '.join(sorted({'field', 'targets', 'wait_param'} - set(raw)))}")
+    thing = re.fullmatch(r"get([A-Z]\w*)", op_id)
+    if method != "get" or thing is None:
+        fail("belongs on a GET operation named get<Thing> (the waiter is named after <Thing>)")
+
+    params = [resolve(spec, p) for p in [*spec["paths"][path].get("parameters", []), *op.get("parameters", [])]]
+    wait_param = raw["wait_param"]
+    if not any(p.get("in") == "path" and p.get("name") == wait_param for p in params):
+        fail(f"wait_param `{wait_param}` is not a path parameter of the operation")
+    others = sorted(p["name"] for p in params if p.get("name") != wait_param and p.get("required"))
+    if others:
+        fail(f"wait_param must be the only required parameter; the operation also requires {', '.join(others)}")
+
+    codes, schema = success_schema(op)
+    name = schema.get("$ref", "").rsplit("/", 1)[-1] if isinstance(schema, dict) else ""
+    if len(codes) != 1 or not name:
+        fail("needs one 2xx response whose JSON schema is a $ref to a named schema")
+    props = resolve(spec, schema).get("properties", {})
+
+    field = raw["field"]
+    if field not in props:
+        fail(f"field `{field}` is not a property of {name}")
+    enum = resolve(spec, props[field]).get("enum")
+    if not enum:
+        fail(f"field `{field}` of {name} is not an enum")
+    targets = _enum_values(raw["targets"], enum, "targets", fail)
+    failure = _enum_values(raw.get("failure", []), enum, "failure", fail)
+    if not targets:
+        fail("`targets` is empty")
+    if set(targets) & set(failure):
+        fail(f"{', '.join(sorted(set(targets) & set(failure)))} is both a target and a failure")
+
+    progress, error = raw.get("progress"), raw.get("error")
+    if progress is not None and (progress not in props or resolve(spec, props[progress]).get("type") != "integer"):
+        fail(f"progress `{progress}` is not an integer property of {name}")
+    if error is not None:
+        error_props = resolve(spec, props[error]).get("properties", {}) if error in props else {}
+        if not {"code", "message"} <= set(error_props):
+            fail(f"error `{error}` is not a property of {name} with `code` and `message`")
+
+    noun = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", thing.group(1)).lower()
+    waiter = Waiter(
+        operation_id=op_id,
+        method=method,
+        path=path,
+        noun=noun,
+        function=f"wait_for_{PythonIdentifier(thing.group(1), 'field_')}",
+        field=field,
+        targets=targets,
+        failure=failure,
+        progress=progress,
+        error=error,
+        wait_param=wait_param,
+        model=name,
+    )
+    taken = WAITER_ARGS | {str(PythonIdentifier(wait_param, "field_"))}
+    if waiter.target_arg in taken:
+        fail(f"field `{field}` would be the keyword `{waiter.target_arg}`, which the waiter already has")
+    return waiter
+
+
+def waiters(spec: dict[str, Any]) -> list[Waiter]:
+    """Every operation's `x-waiter`, validated, by operationId; WaiterSpecError names the operation."""
+    found: list[Waiter] = []
+    for path, item in spec.get("paths", {}).items():
+        for method, op in item.items():
+            if isinstance(op, dict) and "x-waiter" in op:
+                found.append(_waiter(spec, path, method, op))
+    found.sort(key=lambda w: w.operation_id)
+    functions: dict[str, str] = {}
+    for waiter in found:
+        if waiter.function in functions:
+            raise WaiterSpecError(
+                f"{waiter.operation_id}: x-waiter would be {waiter.function}, as {functions[waiter.function]}'s is"
+            )
+        functions[waiter.function] = waiter.operation_id
+    return found
+
+
+@dataclass(frozen=True)
+class WaiterCode:
+    """What templates/sdk/waiters.py.jinja needs to emit one waiter (from the generator's data)."""
+
+    waiter: Waiter
+    tag_module: str  # "actions": the package under api/
+    endpoint: str  # "get_action": the endpoint module
+    param: str  # "action_id"
+    param_type: str  # "UUID"
+    imports: tuple[str, ...]  # what param_type needs
+    client_type: str  # "AuthenticatedClient" for a secured operation, as the endpoint module has it
+    model: str  # "Action"
+    model_module: str  # "action"
+    constant: str  # "_ACTION": the module-level description of what is watched
+    watch: str  # the _Watch(...) arguments, as Python source
+
+
+def _waiter_code(waiter: Waiter, openapi: Any) -> WaiterCode:
+    for tag, collection in sorted(openapi.endpoint_collections_by_tag.items()):
+        for endpoint in collection.endpoints:
+            if _route(endpoint.method, _untrusted(endpoint.path)) != _route(waiter.method, waiter.path):
+                continue
+            param = next(p for p in endpoint.path_parameters if _untrusted(p.name) == waiter.wait_param)
+            model = next(
+                r.prop.class_info
+                for r in endpoint.responses.patterns
+                if 200 <= r.status_code.range[0] < 300 and hasattr(r.prop, "class_info")
+            )
+            constant = "_" + waiter.function.removeprefix("wait_for_").upper()
+            watch = (
+                f"noun={waiter.noun!r}, model={model.name}, field={waiter.field!r}, targets={waiter.targets!r}, "
+                f"failure={waiter.failure!r}, progress={waiter.progress!r}, error={waiter.error!r}"
+            )
+            return WaiterCode(
+                waiter=waiter,
+                tag_module=str(tag),
+                endpoint=str(endpoint.name),
+                param=str(param.python_name),
+                param_type=param.get_type_string().as_unembedded_code(),
+                imports=tuple(sorted(param.get_imports(prefix="."))),
+                client_type="AuthenticatedClient" if endpoint.requires_security else "AuthenticatedClient | Client",
+                model=str(model.name),
+                model_module=str(model.module_name),
+                constant=constant,
+                watch=watch,
+            )
+    raise WaiterSpecError(f"{waiter.operation_id}: x-waiter: the generator made no endpoint for it")
+
+
+# --- the generator's templates ----------------------------------------------------------------------
 
 
 def _untrusted(value: Any) -> str:
@@ -124,6 +367,7 @@ def _generate_into(spec_path: Path, spec: dict[str, Any], project_dir: Path) -> 
         raise RuntimeError(f"openapi-python-client: {openapi.header}: {openapi.detail}")
     project = HangarProject(openapi=openapi, config=config, custom_template_path=TEMPLATES)
     project.env.globals["hangar"] = _template_globals(spec)
+    project.env.globals["hangar_waiters"] = [_waiter_code(w, openapi) for w in waiters(spec)]
     with contextlib.redirect_stdout(io.StringIO()):  # it prints "Generating <dir>"
         errors = project.build()
     if errors:

@@ -82,6 +82,41 @@ def test_help_has_an_example_body(tmp_path: Path) -> None:
     assert "hangar api-keys create --name ci --scope instances:read" in result.out
 
 
+def test_verb_help_shows_the_positional_id_and_wait(tmp_path: Path) -> None:
+    result = hangar("instances", "stop", "--help", config=tmp_path / "c.toml")
+    assert result.code == 0, result
+    usage = " ".join(result.out.split("\n\n", 1)[0].split())
+    assert usage == (
+        "usage: hangar instances stop [-h] [--idempotency-key IDEMPOTENCY_KEY] [--wait] [--timeout SECONDS] "
+        "[--url URL] [-o {table,json}] [--retries N] INSTANCE_ID"
+    )
+    assert "--type" not in result.out and "--body" not in result.out, "the verb is the type, the whole body"
+    assert "hangar instances stop 7d1f0e2a-3b4c-4d5e-8f60-718293a4b5c6 --wait" in result.out
+    assert 'Sends createInstanceAction with type "stop".' in result.out
+
+
+def test_wait_help_shows_the_targets_and_the_timeout(tmp_path: Path) -> None:
+    result = hangar("instances", "wait", "--help", config=tmp_path / "c.toml")
+    assert result.code == 0, result
+    usage = " ".join(result.out.split("\n\n", 1)[0].split())
+    assert usage == (
+        "usage: hangar instances wait [-h] --state STATE [--timeout SECONDS] [--url URL] [-o {table,json}] "
+        "[--retries N] INSTANCE_ID"
+    )
+    assert "One of: running, stopped, terminated." in " ".join(result.out.split())
+    assert "hangar instances wait 7d1f0e2a-3b4c-4d5e-8f60-718293a4b5c6 --state running" in result.out
+    action = hangar("actions", "wait", "--help", config=tmp_path / "c.toml")
+    assert action.code == 0 and "[--status STATUS]" in action.out and "(default: succeeded)" in action.out
+
+
+def test_instances_group_lists_verbs_and_wait(tmp_path: Path) -> None:
+    result = hangar("instances", "--help", config=tmp_path / "c.toml")
+    assert result.code == 0
+    for name in ("create", "get", "list", "reboot", "start", "stop", "terminate", "wait"):
+        assert f"    {name}" in result.out
+    assert "    act" not in result.out, "x-cli.verbs replaces the operation's own command"
+
+
 def test_top_level_help_lists_groups_and_single_commands(tmp_path: Path) -> None:
     result = hangar("--help", config=tmp_path / "c.toml")
     assert result.code == 0
@@ -100,6 +135,9 @@ def test_top_level_help_lists_groups_and_single_commands(tmp_path: Path) -> None
         (("members", "invite", "--email", "a@b.co", "--role", "emperor"), "invalid choice"),
         (("api-keys", "frobnicate"), "invalid choice"),
         (("api-keys",), "usage"),
+        (("instances", "wait", "7d1f0e2a-3b4c-4d5e-8f60-718293a4b5c6"), "--state"),
+        (("instances", "stop", "7d1f0e2a-3b4c-4d5e-8f60-718293a4b5c6", "--timeout", "5"), "--timeout goes with --wait"),
+        (("actions", "wait", "1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d", "--timeout", "-1"), "not a number of seconds"),
     ],
 )
 def test_usage_errors_exit_2(tmp_path: Path, args: tuple[str, ...], message: str) -> None:

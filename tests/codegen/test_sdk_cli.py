@@ -1,5 +1,5 @@
 """The SDK and CLI stages: determinism, headers, command naming and coverage, help text, and
-the behaviour the SDK's templates add (idempotency keys, retries, pagination).
+the behaviour the SDK's templates add (idempotency keys, retries, pagination, waiters).
 
 Rendering is in-process (about a second for both); the SDK behaviour tests run the installed
 `hangar_client` (generated/sdk, installed editable by `make install`) against an
@@ -67,6 +67,7 @@ def test_sdk_generation_is_byte_identical(sdk_trees: tuple[Path, Path]) -> None:
     first, second = files(sdk_trees[0]), files(sdk_trees[1])
     assert first == second
     assert "hangar_client/retry.py" in first and "hangar_client/pagination.py" in first
+    assert "hangar_client/waiters.py" in first
 
 
 def test_cli_generation_is_byte_identical(cli_trees: tuple[Path, Path]) -> None:
@@ -433,3 +434,126 @@ def test_a_failed_page_raises_api_error_with_the_problem() -> None:
     with pytest.raises(ApiError) as caught:
         list(list_api_keys.sync_all(client=client_for(denied, [])))
     assert caught.value.status_code == 401 and caught.value.request_id == "req_1"
+
+
+# --- SDK behaviour: waiters (x-waiter) ---------------------------------------------------------------
+
+ACTION_ID = "1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d"
+INSTANCE_ID = "7d1f0e2a-3b4c-4d5e-8f60-718293a4b5c6"
+
+
+def action(status: str, progress: int, error: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "id": ACTION_ID,
+        "instance_id": INSTANCE_ID,
+        "type": "create",
+        "status": status,
+        "progress": progress,
+        "error": error,
+        "created_at": "2026-11-28T10:00:00Z",
+        "started_at": None,
+        "completed_at": None,
+    }
+
+
+def instance(state: str) -> dict[str, Any]:
+    return {
+        "id": INSTANCE_ID, "name": "web-1", "state": state, "state_reason": None, "region": "fra1", "zone": None,
+        "instance_type": "cpu-2", "image": "ubuntu-24.04", "vcpus": 2, "memory_mb": 4096, "disk_gb": 80, "gpus": 0,
+        "gpu_model": None, "price_per_hour": 3, "currency": "USD", "locked": False,
+        "created_at": "2026-11-28T10:00:00Z", "updated_at": "2026-11-28T10:00:00Z", "launched_at": None,
+        "terminated_at": None,
+    }  # fmt: skip
+
+
+def answers(*bodies: dict[str, Any], status: int = 200) -> Callable[[httpx.Request], httpx.Response]:
+    """Answer each poll with the next body; the last one repeats."""
+    queue = list(bodies)
+    paths: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        paths.append(request.url.path)
+        return httpx.Response(status, json=queue.pop(0) if len(queue) > 1 else queue[0])
+
+    handler.paths = paths  # type: ignore[attr-defined]
+    return handler
+
+
+def test_wait_for_action_polls_until_succeeded_reporting_each_change() -> None:
+    from hangar_client import wait_for_action
+    from hangar_client.models import Action, ActionStatus
+
+    handler = answers(action("queued", 0), action("running", 40), action("running", 40), action("succeeded", 100))
+    sleeps: list[float] = []
+    seen: list[tuple[str, int]] = []
+    done = wait_for_action(
+        client_for(handler, sleeps), uuid.UUID(ACTION_ID), on_update=lambda a: seen.append((a.status, a.progress))
+    )
+    assert isinstance(done, Action) and done.status == ActionStatus.SUCCEEDED
+    assert seen == [("queued", 0), ("running", 40), ("succeeded", 100)], "once per change, not per poll"
+    assert sleeps == [1.0, 1.25, 1.5625], "the pause grows by a quarter"
+    assert handler.paths == [f"/v1/actions/{ACTION_ID}"] * 4  # type: ignore[attr-defined]
+
+
+def test_wait_for_action_pauses_are_capped_and_never_pass_the_deadline() -> None:
+    from hangar_client import WaitTimeout, wait_for_action
+
+    sleeps: list[float] = []
+    with pytest.raises(WaitTimeout) as caught:
+        wait_for_action(
+            client_for(answers(action("running", 10)), sleeps),
+            uuid.UUID(ACTION_ID),
+            timeout=20,
+            interval=4,
+            max_interval=5,
+        )
+    assert sleeps == [4, 5, 5, 5, 1], "capped at max_interval; the last pause ends at the deadline"
+    assert caught.value.timeout == 20 and caught.value.value == "running"
+    assert caught.value.model.progress == 10
+    assert str(caught.value) == f"action {ACTION_ID}: status is still running after 20s (waiting for succeeded)"
+
+
+def test_wait_for_action_raises_wait_failed_with_the_error() -> None:
+    from hangar_client import WaitError, WaitFailed, wait_for_action
+
+    error = {"code": "placement_error", "message": "no host in fra1 has room for gpu-h100x8"}
+    with pytest.raises(WaitFailed) as caught:
+        wait_for_action(client_for(answers(action("running", 30), action("failed", 30, error)), []), ACTION_ID)
+    failed = caught.value
+    assert isinstance(failed, WaitError) and failed.value == "failed"
+    assert (failed.code, failed.message) == ("placement_error", "no host in fra1 has room for gpu-h100x8")
+    assert failed.model.error.code == "placement_error"
+    assert "status is failed (placement_error: no host in fra1 has room" in str(failed)
+
+
+def test_a_failed_poll_raises_api_error() -> None:
+    from hangar_client import ApiError, wait_for_action
+
+    problem = {"type": "t", "title": "Not Found", "status": 404, "detail": "no such action", "request_id": "req_9"}
+    with pytest.raises(ApiError) as caught:
+        wait_for_action(client_for(answers(problem, status=404), []), uuid.UUID(ACTION_ID))
+    assert caught.value.status_code == 404 and caught.value.request_id == "req_9"
+
+
+def test_wait_for_instance_waits_for_the_state_asked_for() -> None:
+    from hangar_client import WaitFailed, wait_for_instance
+    from hangar_client.models import InstanceState
+
+    handler = answers(instance("running"), instance("stopping"), instance("stopped"))
+    stopped = wait_for_instance(client_for(handler, []), uuid.UUID(INSTANCE_ID), state=InstanceState.STOPPED)
+    assert stopped.state == InstanceState.STOPPED
+    assert wait_for_instance(client_for(answers(instance("running")), []), INSTANCE_ID).state == "running"
+    with pytest.raises(WaitFailed, match="state is failed") as caught:
+        wait_for_instance(client_for(answers(instance("provisioning"), instance("failed")), []), INSTANCE_ID)
+    assert caught.value.code is None and caught.value.model.state == "failed"
+    with pytest.raises(ValueError, match="running, stopped, terminated"):
+        wait_for_instance(client_for(answers(instance("running")), []), INSTANCE_ID, state="pending")
+
+
+def test_async_waiters_use_the_async_sleep() -> None:
+    from hangar_client import wait_for_action_async
+
+    sleeps: list[float] = []
+    handler = answers(action("queued", 0), action("running", 50), action("succeeded", 100))
+    done = asyncio.run(wait_for_action_async(client_for(handler, sleeps), uuid.UUID(ACTION_ID), interval=0.5))
+    assert done.progress == 100 and sleeps == [0.5, 0.625]

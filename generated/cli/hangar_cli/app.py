@@ -2,9 +2,10 @@
 """`hangar`: parse the command line, call the SDK, print the result or a clear error.
 
 One command is one SDK call (`<sdk_module>.sync_detailed`), except list commands, which
-follow `next_cursor` page by page, and path parameters with a configured default that is
-not configured (the organization: asked from `GET /v1/me`). Retries and Idempotency-Keys
-are the SDK's (hangar_client.retry); `--retries` only sets how many.
+follow `next_cursor` page by page, path parameters with a configured default that is
+not configured (the organization: asked from `GET /v1/me`), and waits (`hangar <group> wait`,
+`--wait`: waiting.py), which poll. Retries and Idempotency-Keys are the SDK's
+(hangar_client.retry); `--retries` only sets how many.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from hangar_cli import __version__, config, output
+from hangar_cli import __version__, config, output, waiting
 from hangar_cli.commands import BY_OPERATION, PARAMETER_DEFAULTS
 from hangar_cli.model import Command, Flag
 from hangar_cli.parser import build_parser
@@ -156,6 +157,8 @@ def _body(command: Command, args: Any) -> Any:
     from hangar_client import models
 
     body = _read_body(args.body) if getattr(args, "body", None) else {}
+    if command.verb:
+        body[command.verb[0]] = command.verb[1]
     for flag in command.flags:
         if flag.location != "body":
             continue
@@ -207,15 +210,21 @@ def _paginate(session: Session, command: Command, kwargs: dict[str, Any], max_it
 def execute(command: Command, args: Any, fmt: str) -> int:
     settings = config.settings(getattr(args, "url", None))
     retries = getattr(args, "retries", None)
+    if command.kind == "call" and getattr(args, "timeout", None) is not None and not getattr(args, "wait", False):
+        raise UsageError("--timeout goes with --wait")
     session = Session(settings, command, DEFAULT_RETRIES if retries is None else retries)
     with session.client:
         kwargs = _parameters(session, command, args)
+        if command.kind == "wait":
+            return waiting.wait_command(session, command, args, kwargs, fmt)
         if command.body_class:
             kwargs["body"] = _body(command, args)
         if command.paginated:
             data = _paginate(session, command, kwargs, getattr(args, "max_items", None))
         else:
             data = session.call(command, kwargs)
+        if getattr(args, "wait", False):
+            return waiting.wait_after(session, command, data, args, fmt)
     output.emit(command, data, fmt)
     secret = output.dig(data, command.secret_field) if command.secret_field else None
     if secret and fmt == "table" and command.secret_field not in command.columns:

@@ -44,7 +44,26 @@ class Command:
     saves: tuple[tuple[str, str], ...]  # (config key, dotted response path) stored after success
     flags: tuple[Flag, ...] = field(default=())
     epilog: str = ""
+    kind: str = "call"  # "call": one call of the operation; "wait": poll the operation's x-waiter
+    verb: tuple[str, str] | None = None  # (body field, value) the command sends (x-cli.verbs)
+    body_option: bool = True  # has --body when it has a body (not when a verb is the body's only field)
+    waits_for: str | None = None  # "wait": the polled operation; "call": what --wait polls (x-cli.wait)
+    wait_parameters: tuple[tuple[str, str], ...] = ()  # --wait: (parameter, JSON pointer into the response)
 
     @property
     def line(self) -> str:
         return " ".join(("hangar", *self.words))
+
+
+@dataclass(frozen=True)
+class Waiter:
+    """An operation's `x-waiter`: poll it until `field` holds a target (waiting.py)."""
+
+    operation_id: str  # the GET operation polled ("getAction")
+    noun: str  # "action": how progress lines and messages name the resource
+    field: str  # the response field watched ("status")
+    targets: tuple[str, ...]  # values one may wait for
+    failure: tuple[str, ...]  # values that end the wait in failure
+    progress: str | None  # a 0..100 response field shown while waiting
+    error: str | None  # a response field {code, message} reported on failure
+    wait_param: str  # the path parameter naming the resource ("actionId")

@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 
 from hangar_cli import __version__
-from hangar_cli.commands import COMMANDS, GROUPS
+from hangar_cli.commands import COMMANDS, GROUPS, WAIT_TIMEOUT
 from hangar_cli.model import Command, Flag
 
 SETTINGS_HELP = """\
@@ -53,6 +53,16 @@ def _positive(value: str) -> int:
         number = 0
     if number < 1:
         raise argparse.ArgumentTypeError(f"not a positive integer: {value!r}")
+    return number
+
+
+def _seconds(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not number >= 0:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}")
     return number
 
 
@@ -113,12 +123,24 @@ def _add_command(subparsers: Any, command: Command) -> None:
     flags = leaf.add_argument_group("flags")
     for flag in command.flags:
         _add_flag(flags, flag)
-    if command.body_class:
+    if command.body_class and command.body_option:
         flags.add_argument(
             "--body", metavar="JSON", help="the whole request body: JSON, @FILE, or - for stdin (flags override it)"
         )
     if command.paginated:
         flags.add_argument("--max-items", type=_positive, metavar="N", help="stop after N items (default: all)")
+    if command.waits_for:
+        if command.kind == "call":
+            flags.add_argument(
+                "--wait", action="store_true", help="then wait until it is done, showing progress, and print the result"
+            )
+        flags.add_argument(
+            "--timeout",
+            type=_seconds,
+            metavar="SECONDS",
+            help=("with --wait: " if command.kind == "call" else "")
+            + f"seconds to wait at most (default: {WAIT_TIMEOUT})",
+        )
     _common(leaf, leaf=True)
     leaf.set_defaults(_command=command)
 

@@ -2,9 +2,10 @@
 """A client library for accessing Hangar API"""
 
 from .client import AuthenticatedClient, Client
-from .errors import ApiError
+from .errors import ApiError, WaitError, WaitFailed, WaitTimeout
 from .pagination import aiterate, iterate
 from .retry import RetryPolicy
+from .waiters import wait_for_action, wait_for_action_async, wait_for_instance, wait_for_instance_async
 
 __version__ = "1.0.0"
 
@@ -13,6 +14,13 @@ __all__ = (
     "AuthenticatedClient",
     "Client",
     "RetryPolicy",
+    "WaitError",
+    "WaitFailed",
+    "WaitTimeout",
     "aiterate",
     "iterate",
+    "wait_for_action",
+    "wait_for_action_async",
+    "wait_for_instance",
+    "wait_for_instance_async",
 )

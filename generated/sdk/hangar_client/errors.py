@@ -47,4 +47,34 @@ class ApiError(Exception):
         return cls(int(status_code), body if isinstance(body, dict) else None, content)
 
 
-__all__ = ["ApiError", "UnexpectedStatus"]
+class WaitError(Exception):
+    """A waiter (waiters.py) stopped before its resource reached the target.
+
+    `model` is the last answer (the resource as last seen), `value` its watched field's value.
+    """
+
+    def __init__(self, text: str, *, model: Any, value: Any):
+        self.model = model
+        self.value = value
+        super().__init__(text)
+
+
+class WaitFailed(WaitError):
+    """The watched field took a failure value (`value`, e.g. "failed"). `code` and `message`
+    come from the resource's error object when the waiter has one (e.g. "placement_error")."""
+
+    def __init__(self, text: str, *, model: Any, value: Any, code: str | None = None, message: str | None = None):
+        self.code = code
+        self.message = message
+        super().__init__(text, model=model, value=value)
+
+
+class WaitTimeout(WaitError):
+    """`timeout` seconds passed without the target or a failure value being reached."""
+
+    def __init__(self, text: str, *, model: Any, value: Any, timeout: float):
+        self.timeout = timeout
+        super().__init__(text, model=model, value=value)
+
+
+__all__ = ["ApiError", "UnexpectedStatus", "WaitError", "WaitFailed", "WaitTimeout"]
