@@ -35,6 +35,7 @@ instance's lock (`action_id`) and clears the saga's fields.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -259,9 +260,16 @@ def _poll(run: _Run, operation: Operation) -> Progress | None:
     return None
 
 
+def error_code(code: str | None) -> str:
+    """A driver's or hook's code in the contract's shape (`^[a-z_]+$`, ≤ 64): an event that
+    broke its schema would never be published, so a stray character must not get that far."""
+    cleaned = re.sub(r"[^a-z_]+", "_", (code or "").lower()).strip("_")[:64]
+    return cleaned or "host_error"
+
+
 def _fault(run: _Run, code: str | None, message: str | None, *, retryable: bool, default: str) -> None:
     """Remember why this action is being compensated (read by `_settle` at the end)."""
-    run.instance.fault_code = code or "host_error"
+    run.instance.fault_code = error_code(code)
     run.instance.fault_message = _clip(message, default)
     run.instance.fault_retryable = retryable
 

@@ -17,6 +17,14 @@ from hangar.db import make_engine
 PASSWORD = "correct-horse-battery-staple"
 
 
+@pytest.fixture(autouse=True)
+def fresh_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The settings an earlier test's app recorded (background.prepare) do not leak in."""
+    from handlers.provisioning import configuration
+
+    monkeypatch.setattr(configuration, "_current", None)
+
+
 @pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
     engine = make_engine(database_url)

@@ -14,6 +14,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from hangar.db import make_engine, make_session_factory
 
 
+@pytest.fixture(autouse=True)
+def fresh_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The settings an earlier test's app recorded (background.prepare) do not leak in."""
+    from handlers.provisioning import configuration
+
+    monkeypatch.setattr(configuration, "_current", None)
+
+
 @pytest.fixture
 def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
     engine = make_engine(database_url)

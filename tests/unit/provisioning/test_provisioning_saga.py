@@ -490,3 +490,17 @@ def test_the_lock_rereads_a_row_changed_between_read_and_write(world: World) -> 
             locked = lock_instance(session, instance_id)
             assert locked is not None and locked.name == "renamed" and locked.revision == 2
     assert sneaked == [1]
+
+
+@pytest.mark.parametrize(
+    ("given", "code"),
+    [
+        ("host_error", "host_error"),
+        ("Boot-Failed", "boot_failed"),
+        ("e404", "e"),
+        (None, "host_error"),
+        ("--", "host_error"),
+    ],
+)
+def test_error_codes_are_shaped_for_the_contract(given: str | None, code: str) -> None:
+    assert saga.error_code(given) == code
