@@ -263,3 +263,14 @@ def test_hosts_that_always_fail_end_in_failed_with_everything_released(
     assert tenant.finished(tenant.terminate(iid).json()["id"])["status"] == "succeeded"
     assert len(backdoor.events("allocation.released", about=iid)) == 3
     check_no_leaks(backdoor)
+
+
+def test_a_retried_launch_with_the_same_idempotency_key_launches_once(tenant: Tenant, backdoor: Backdoor) -> None:
+    headers = {**tenant.headers, "Idempotency-Key": "launch-web-1"}
+    body = {"name": "web-1", "region": "fra1", "instance_type": "cpu-1", "image": "ubuntu-24.04"}
+    first = tenant.client.post("/v1/instances", headers=headers, json=body)
+    again = tenant.client.post("/v1/instances", headers=headers, json=body)
+    assert first.status_code == again.status_code == 202
+    assert again.json() == first.json()
+    assert len(tenant.get("/v1/instances").json()["data"]) == 1
+    assert len(backdoor.events("instance.requested")) == 1
