@@ -205,10 +205,12 @@ def _table(model: type[Any]) -> Table:
     return cast(Table, model.__table__)
 
 
-def ensure_catalogue(session: Session, *, driver: str, now: datetime) -> None:
-    """Insert whatever of the reference catalogue is missing and, on an empty fleet with the
-    `local` driver, the local hosts. Idempotent and safe to run concurrently; the caller
-    commits."""
+def ensure_catalogue(session: Session, *, driver: str, now: datetime, seed_hosts: bool | None = None) -> None:
+    """Insert whatever of the reference catalogue is missing and, on an empty fleet, the small
+    local fleet when `seed_hosts` (default: only for the `local` driver). The platform's
+    start-up (background.prepare) seeds it for `sim` too, so a fresh `sim` deployment can
+    launch at once; bigger fleets come from `hangar-admin load-sim-fleet`. Idempotent and
+    safe to run concurrently; the caller commits."""
     if driver not in ("local", "sim"):
         raise ValueError(f"unknown host driver {driver!r}")
     insert_ignoring_conflicts(
@@ -261,7 +263,9 @@ def ensure_catalogue(session: Session, *, driver: str, now: datetime) -> None:
         _table(InstanceTypeRegion),
         [{"instance_type": t.slug, "region": region} for t in INSTANCE_TYPES for region in t.regions],
     )
-    if driver == "local" and not _any_host(session):
+    if seed_hosts is None:
+        seed_hosts = driver == "local"
+    if seed_hosts and not _any_host(session):
         load_sim_fleet(session, local_fleet(), now=now)
 
 
