@@ -39,7 +39,7 @@ def test_signup_creates_org_owner_and_a_full_key(world: World, event_validator: 
 
     principal = world.principal(result.secret)
     assert principal.organization_id == result.organization.id
-    assert principal.role == "owner" and principal.scopes == policy.SCOPES
+    assert principal.role == "owner" and principal.scopes == policy.TENANT_SCOPES
 
     events = world.events()
     assert [e["type"] for e in events] == ["organization.created", "api_key.created"]
@@ -110,7 +110,7 @@ def test_authenticate_rejects_wrong_revoked_expired_and_removed(world: World) ->
 def test_demotion_takes_power_from_existing_keys_at_once(world: World) -> None:
     owner = world.signup()
     member, secret = world.member_with_key(owner.secret, "admin")
-    assert world.principal(secret).scopes == policy.SCOPES
+    assert world.principal(secret).scopes == policy.TENANT_SCOPES
     ctx = world.ctx(owner.secret)
     services.update_member(ctx, ctx.caller.organization_id, member.membership.id, role="viewer")
     world.session.flush()
@@ -118,7 +118,7 @@ def test_demotion_takes_power_from_existing_keys_at_once(world: World) -> None:
     assert principal.role == "viewer"
     assert principal.scopes == policy.caps("viewer")
     # The stored key still lists its scopes; only their effect changed.
-    assert set(world.session.get_one(ApiKey, principal.api_key_id).scopes) == policy.SCOPES
+    assert set(world.session.get_one(ApiKey, principal.api_key_id).scopes) == policy.TENANT_SCOPES
 
 
 def test_last_used_at_is_written_at_most_once_a_minute(world: World) -> None:

@@ -37,7 +37,7 @@ def test_every_scope_an_operation_requires_exists() -> None:
 
 
 def test_owner_and_admin_hold_everything() -> None:
-    assert policy.caps("owner") == policy.caps("admin") == policy.SCOPES
+    assert policy.caps("owner") == policy.caps("admin") == policy.TENANT_SCOPES
 
 
 def test_member_lacks_the_management_writes() -> None:
@@ -59,7 +59,7 @@ def test_billing_role() -> None:
 
 def test_viewer_reads_everything_and_manages_only_own_keys() -> None:
     caps = policy.caps("viewer")
-    reads = {s for s in policy.SCOPES if s.endswith(":read")}
+    reads = {s for s in policy.TENANT_SCOPES if s.endswith(":read")}
     assert caps == reads | {"api-keys:write"}
     assert not policy.sees_all_keys("viewer")
 
@@ -94,3 +94,14 @@ def test_only_owners_touch_owners(actor: str, target: str, allowed: bool) -> Non
 
 def test_only_owners_and_admins_see_all_keys() -> None:
     assert {r for r in policy.ROLES if policy.sees_all_keys(r)} == {"owner", "admin"}
+
+
+def test_only_operator_owners_and_admins_hold_admin_scopes() -> None:
+    assert {"admin:read", "admin:write"} == policy.OPERATOR_SCOPES
+    for role in policy.ROLES:
+        assert not policy.caps(role) & policy.OPERATOR_SCOPES, role
+    assert policy.caps("owner", operator=True) == policy.caps("admin", operator=True) == policy.SCOPES
+    for role in ("member", "billing", "viewer"):
+        assert not policy.caps(role, operator=True) & policy.OPERATOR_SCOPES, role
+    assert policy.effective_scopes(["admin:read", "instances:read"], "owner") == {"instances:read"}
+    assert policy.effective_scopes(["admin:read"], "owner", operator=True) == {"admin:read"}
