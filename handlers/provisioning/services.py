@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from handlers.inventory import published
@@ -74,16 +74,6 @@ def create_instance(
     and announce it with `instance.requested`; the saga places and builds it."""
     session, now, organization_id = ctx.session, ctx.now, ctx.caller.organization_id
     launch = published.resolve_launch(session, region=region, instance_type=instance_type, image=image)
-    settings = configuration.current()
-    # An early, unlocked answer; the claim enforces the quota again under the quota lock.
-    published.check_quota(
-        session,
-        organization_id=organization_id,
-        launch=launch,
-        pending=pending_resources(session, organization_id),
-        quota_vcpus=settings.quota_vcpus,
-        quota_gpus=settings.quota_gpus,
-    )
     instance = Instance(
         id=uuid.uuid4(),
         organization_id=organization_id,
@@ -109,25 +99,53 @@ def create_instance(
     action = _new_action(instance, "create", ctx)
     instance.action_id = action.id
     saga.schedule(instance, now)
+    # Written before the quota is read: on SQLite this first write takes the database's
+    # write lock, so no claim can commit between the reads below (see pending_resources).
     session.add(instance)
-    session.flush()  # the instance before its action (the action's foreign key)
+    session.flush()  # also: the instance before its action (the action's foreign key)
+    settings = configuration.current()
+    # An early answer; the claim enforces the quota again under inventory's quota lock.
+    published.check_quota(
+        session,
+        organization_id=organization_id,
+        launch=launch,
+        pending=pending_resources(session, organization_id, excluding=instance.id),
+        quota_vcpus=settings.quota_vcpus,
+        quota_gpus=settings.quota_gpus,
+    )
     session.add(action)
     events.instance_requested(session, instance, action, now)
     return instance, action
 
 
-def pending_resources(session: Session, organization_id: uuid.UUID) -> published.Resources:
+def pending_resources(
+    session: Session, organization_id: uuid.UUID, *, excluding: uuid.UUID | None = None
+) -> published.Resources:
     """What the organization's accepted-but-unplaced instances will claim: inventory counts
-    only allocations, so without these a burst of creates could all pass the quota check."""
-    row = session.execute(
-        select(
-            func.coalesce(func.sum(Instance.vcpus), 0),
-            func.coalesce(func.sum(Instance.memory_mb), 0),
-            func.coalesce(func.sum(Instance.disk_gb), 0),
-            func.coalesce(func.sum(Instance.gpus), 0),
-        ).where(Instance.organization_id == organization_id, Instance.state == states.PENDING)
-    ).one()
-    return published.Resources(vcpus=int(row[0]), memory_mb=int(row[1]), disk_gb=int(row[2]), gpus=int(row[3]))
+    only allocations, so without these a burst of creates could all pass the quota check.
+
+    The count and inventory's usage are two reads, and a claim committing between them
+    would be counted twice (pending here, in use there): a spurious 409. The pending rows
+    are therefore read FOR UPDATE: on PostgreSQL that waits for a claim step holding one of
+    them and then re-reads it (no longer pending), so the usage read that follows includes
+    that claim exactly once; on SQLite the caller's earlier write already holds the lock.
+    Locked in id order, so two creates never deadlock on each other's rows."""
+    rows = session.execute(
+        select(Instance.vcpus, Instance.memory_mb, Instance.disk_gb, Instance.gpus)
+        .where(
+            Instance.organization_id == organization_id,
+            Instance.state == states.PENDING,
+            *([Instance.id != excluding] if excluding is not None else []),
+        )
+        .order_by(Instance.id)
+        .with_for_update()
+    ).all()
+    return published.Resources(
+        vcpus=sum(r.vcpus for r in rows),
+        memory_mb=sum(r.memory_mb for r in rows),
+        disk_gb=sum(r.disk_gb for r in rows),
+        gpus=sum(r.gpus for r in rows),
+    )
 
 
 def start_action(ctx: RequestContext, instance_id: uuid.UUID, action_type: str) -> Action:
