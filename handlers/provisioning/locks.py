@@ -12,7 +12,8 @@ Every change to an instance — an API call starting an action, a saga step — 
   if nobody committed a change since our read. When it does not match, the row is read again
   — now under the write lock, so the second read is current and the second attempt wins.
 
-Either way, once `lock_instance` returns, the caller holds the instance exclusively until it
+(PostgreSQL skips the compare-and-set: under the row lock it could never fail, and a step
+saves a write.) Either way, once `lock_instance` returns, the caller holds the instance exclusively until it
 commits or rolls back, and the row it holds is the latest committed one.
 """
 
@@ -47,8 +48,8 @@ def lock_instance(
         # populate_existing: a row already in this session's identity map is refreshed from
         # the database rather than served from memory.
         instance = session.scalars(stmt.with_for_update().execution_options(populate_existing=True)).one_or_none()
-        if instance is None:
-            return None
+        if instance is None or session.get_bind().dialect.name == "postgresql":
+            return instance  # the row lock is all it takes; the compare-and-set is for SQLite
         seen = instance.revision
         bumped = cast(
             CursorResult[Any],

@@ -83,8 +83,8 @@ class Instance(Base):
     fault_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     fault_message: Mapped[str | None] = mapped_column(String(500), nullable=True)
     fault_retryable: Mapped[bool] = mapped_column(default=False)
-    # Bumped by every write through services.lock_instance: the compare-and-set that makes a
-    # step exclusive on SQLite, where SELECT … FOR UPDATE is a no-op.
+    # Bumped by locks.lock_instance on SQLite: the compare-and-set that makes a step exclusive
+    # there, where SELECT … FOR UPDATE is a no-op (PostgreSQL's row lock needs no counter).
     revision: Mapped[int] = mapped_column(Integer, default=0)
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
