@@ -12,9 +12,9 @@ Every change to an instance — an API call starting an action, a saga step — 
   if nobody committed a change since our read. When it does not match, the row is read again
   — now under the write lock, so the second read is current and the second attempt wins.
 
-(PostgreSQL skips the compare-and-set: under the row lock it could never fail, and a step
-saves a write.) Either way, once `lock_instance` returns, the caller holds the instance exclusively until it
-commits or rolls back, and the row it holds is the latest committed one.
+PostgreSQL skips the compare-and-set: under the row lock it could never fail, and each step
+saves a write. Either way, once `lock_instance` returns, the caller holds the instance
+exclusively until it commits or rolls back, and the row it holds is the latest committed one.
 """
 
 from __future__ import annotations
