@@ -62,7 +62,11 @@ format: $(STAMP) ## ruff format + autofix on hand-written code
 bench: $(STAMP) ## benchmarks (by hand; prints figures)
 	bash bench/run_all.sh
 
+bench-e2e: $(STAMP) ## create → running throughput, 2 APIs + 2 workers vs 1 + 1 (PostgreSQL + RabbitMQ; ARGS=…)
+	bash scripts/services.sh
+	$(BIN)/python -m bench.provision_e2e $(ARGS)
+
 clean: ## remove .hangar/ state and caches (keeps .venv)
 	rm -rf .hangar .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help install generate lint-specs check lint diagram migrate run worker test contract test-postgres format bench clean
+.PHONY: help install generate lint-specs check lint diagram migrate run worker test contract test-postgres format bench bench-e2e clean

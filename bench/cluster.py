@@ -212,6 +212,20 @@ class Cluster:
         """{process name: exit status} of every process that has ended (killed ones too)."""
         return {name: code for name, process, _ in self._processes if (code := process.poll()) is not None}
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """{process name: user + system CPU seconds so far} of every live process, from
+        /proc/PID/stat (Linux; {} elsewhere). Per-request CPU is the steadier figure on a
+        machine shared with other jobs, where wall-clock throughput is not."""
+        ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        used: dict[str, float] = {}
+        for name, process, _ in self._processes:
+            try:
+                fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            used[name] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14, 15)
+        return used
+
     def admin(self, *argv: str) -> str:
         """Run `hangar-admin ARGV…` on the cluster's database and return what it printed;
         RuntimeError with its output if it fails."""
