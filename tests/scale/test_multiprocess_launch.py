@@ -31,6 +31,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ from bench.cluster import Cluster, Launch, Tenant, instance_states, launch_many,
 from handlers.inventory.tables import Allocation, Host, Inventory
 from handlers.provisioning.consumers import CONSUMER as SAGA_CONSUMER
 from handlers.provisioning.tables import Action, Instance
+from hangar.db import utcnow
 from hangar.inbox import ProcessedEvent
 from hangar.outbox import OutboxEvent
 
@@ -115,9 +117,9 @@ def _tight_fleet(url: str, operator: dict[str, str]) -> list[str]:
     return ids
 
 
-def _launch_and_kill(cluster: Cluster, tenants: list[Tenant]) -> tuple[list[Launch], dict[str, int]]:
+def _launch_and_kill(cluster: Cluster, tenants: list[Tenant]) -> tuple[list[Launch], dict[str, int], datetime]:
     """Fire the launches; once KILL_AFTER instances exist, SIGKILL worker-0 mid-run. Returns
-    the launches and the instance states seen at the moment of the kill."""
+    the launches, the instance states seen at the moment of the kill and its time."""
     outcome: dict[str, list[Launch]] = {}
 
     def body(index: int) -> dict[str, Any]:
@@ -136,9 +138,10 @@ def _launch_and_kill(cluster: Cluster, tenants: list[Tenant]) -> tuple[list[Laun
             break
         time.sleep(0.05)
     cluster.kill_worker(0)
+    killed_at = utcnow()
     firing.join(SETTLE_SECONDS)
     assert not firing.is_alive(), "the launches did not finish"
-    return outcome["launches"], at_kill
+    return outcome["launches"], at_kill, killed_at
 
 
 def _poll(what: str, check: Callable[[], list[str]], timeout: float) -> None:
@@ -165,7 +168,7 @@ def test_hundreds_of_launches_across_processes_lose_nothing_and_overcommit_nothi
         our_hosts = _tight_fleet(cluster.urls[0], operator)
         tenants = [sign_up(cluster.urls[n % 2], f"Scale {n}") for n in range(TENANTS)]
 
-        launches, at_kill = _launch_and_kill(cluster, tenants)
+        launches, at_kill, killed_at = _launch_and_kill(cluster, tenants)
         refused = [(launch.status, launch.detail) for launch in launches if launch.status != 202]
         assert refused == [], f"{len(refused)} launches not accepted: {refused[:5]}"
         ids = [launch.instance_id for launch in launches]
@@ -186,6 +189,7 @@ def test_hundreds_of_launches_across_processes_lose_nothing_and_overcommit_nothi
             _check_capacity(session, our_hosts)
             _check_placement(session, counts)
             _check_events(session)
+            _check_survivor_finished(session, killed_at)
         depths = cluster.queue_depths()
         assert depths and all(n == 0 for n in depths.values()), depths
         assert cluster.exited() == {"worker-0": -9}, "a process died: " + ", ".join(cluster.exited())
@@ -221,6 +225,19 @@ def _requested_not_in_inbox(session: Session) -> list[str]:
     requested = set(session.scalars(select(OutboxEvent.id).where(OutboxEvent.type == "instance.requested")))
     processed = set(session.scalars(select(ProcessedEvent.event_id).where(ProcessedEvent.consumer == SAGA_CONSUMER)))
     return sorted(str(i) for i in requested - processed)
+
+
+def _check_survivor_finished(session: Session, killed_at: datetime) -> None:
+    """After the kill only worker-1 relays and runs sagas: the work done since is its."""
+    published = session.scalar(
+        select(func.count()).select_from(OutboxEvent).where(OutboxEvent.published_at > killed_at)
+    )
+    settled = session.scalar(
+        select(func.count())
+        .select_from(Instance)
+        .where(Instance.state.in_(["running", "failed"]), Instance.updated_at > killed_at)
+    )
+    assert published and settled, f"after the kill: {published} events published, {settled} instances settled"
 
 
 def _check_capacity(session: Session, our_hosts: list[str]) -> None:
