@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import String, Uuid, bindparam, select
 from sqlalchemy.orm import Session
 
 from handlers.inventory import placement, quotas
@@ -196,6 +196,9 @@ def check_quota(
         raise QuotaExceeded(short[0].upper() + short[1:])
 
 
+_REQUIRED_TRAITS = select(InstanceType.required_traits).where(InstanceType.slug == bindparam("p_slug", type_=String))
+
+
 def claim(
     session: Session,
     *,
@@ -221,7 +224,7 @@ def claim(
     short = quotas.shortfall(quota, vcpus=launch.vcpus, gpus=launch.gpus)
     if short:
         raise NoCapacity(short[0].upper() + short[1:], reason="quota-exceeded")
-    traits = session.scalar(select(InstanceType.required_traits).where(InstanceType.slug == launch.instance_type))
+    traits = session.scalar(_REQUIRED_TRAITS, {"p_slug": launch.instance_type})
     if traits is None:
         raise NoCapacity(f"There is no instance type {launch.instance_type!r}.", reason="unknown-instance-type")
     request = placement.Request.of(
@@ -286,14 +289,17 @@ def release(session: Session, *, consumer_id: uuid.UUID, now: datetime, reason: 
     return True
 
 
+_ALLOCATION_OF = (
+    select(Host.id, Host.name, Host.region, Host.zone)
+    .join(Allocation, Allocation.host_id == Host.id)
+    .where(Allocation.consumer_id == bindparam("p_consumer_id", type_=Uuid))
+    .limit(1)
+)
+
+
 def allocation_of(session: Session, consumer_id: uuid.UUID) -> Claim | None:
     """Where the consumer's allocations are, or None."""
-    row: Any = session.execute(
-        select(Host.id, Host.name, Host.region, Host.zone)
-        .join(Allocation, Allocation.host_id == Host.id)
-        .where(Allocation.consumer_id == consumer_id)
-        .limit(1)
-    ).one_or_none()
+    row: Any = session.execute(_ALLOCATION_OF, {"p_consumer_id": consumer_id}).one_or_none()
     if row is None:
         return None
     return Claim(consumer_id=consumer_id, host_id=row.id, host_name=row.name, region=row.region, zone=row.zone)

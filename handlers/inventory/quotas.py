@@ -14,18 +14,20 @@ quota row → host row (no deadlocks between claims and releases).
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, select, update
+from sqlalchemy import Integer, Table, Uuid, bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from handlers.inventory.tables import OrgQuota
 from hangar.config import Settings
+from hangar.db import UTCDateTime
 
 QUOTAS = cast(Table, OrgQuota.__table__)
 
@@ -62,9 +64,8 @@ def _limits(max_vcpus: int | None, max_gpus: int | None, defaults: Limits) -> Li
     )
 
 
-def upsert(session: Session, values: dict[str, Any], update_columns: dict[str, Any]) -> Any:
+def _upsert(dialect: str, values: dict[str, Any], update_columns: dict[str, Any]) -> Any:
     """`INSERT … ON CONFLICT (organization_id) DO UPDATE … RETURNING *` on either backend."""
-    dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         stmt: Any = pg_insert(QUOTAS).values(**values)
     elif dialect == "sqlite":
@@ -72,15 +73,16 @@ def upsert(session: Session, values: dict[str, Any], update_columns: dict[str, A
     else:  # pragma: no cover - only the two supported backends
         raise RuntimeError(f"unsupported database {dialect!r}")
     stmt = stmt.on_conflict_do_update(index_elements=[QUOTAS.c.organization_id], set_=update_columns)
-    return session.execute(stmt.returning(*QUOTAS.c)).one()
+    return stmt.returning(*QUOTAS.c)
 
 
-def lock(session: Session, organization_id: uuid.UUID, now: datetime) -> Any:
-    """Create the organization's row if needed and lock it for this transaction; the row."""
-    return upsert(
-        session,
+@functools.lru_cache(maxsize=4)
+def _lock_statement(dialect: str) -> Any:
+    now = bindparam("p_now", type_=UTCDateTime)
+    return _upsert(
+        dialect,
         {
-            "organization_id": organization_id,
+            "organization_id": bindparam("p_organization_id", type_=Uuid),
             "max_vcpus": None,
             "max_gpus": None,
             "vcpus_used": 0,
@@ -91,6 +93,12 @@ def lock(session: Session, organization_id: uuid.UUID, now: datetime) -> Any:
         # The write is what takes the lock; `updated_at` says when the row was last used.
         {"updated_at": now},
     )
+
+
+def lock(session: Session, organization_id: uuid.UUID, now: datetime) -> Any:
+    """Create the organization's row if needed and lock it for this transaction; the row."""
+    stmt = _lock_statement(session.get_bind().dialect.name)
+    return session.execute(stmt, {"p_organization_id": organization_id, "p_now": now}).one()
 
 
 def get(session: Session, organization_id: uuid.UUID, defaults: Limits) -> Quota:
@@ -129,14 +137,20 @@ def shortfall(quota: Quota, *, vcpus: int, gpus: int, pending_vcpus: int = 0, pe
     return "; ".join(reasons) + "." if reasons else None
 
 
+_ADD_USAGE = (
+    update(QUOTAS)
+    .where(QUOTAS.c.organization_id == bindparam("p_organization_id", type_=Uuid))
+    .values(
+        vcpus_used=QUOTAS.c.vcpus_used + bindparam("p_vcpus", type_=Integer),
+        gpus_used=QUOTAS.c.gpus_used + bindparam("p_gpus", type_=Integer),
+        updated_at=bindparam("p_now", type_=UTCDateTime),
+    )
+)
+
+
 def add_usage(session: Session, organization_id: uuid.UUID, *, vcpus: int, gpus: int, now: datetime) -> None:
     """Move usage by (vcpus, gpus), negative for a release. The row exists: `lock` made it."""
-    q = QUOTAS.c
-    session.execute(
-        update(QUOTAS)
-        .where(q.organization_id == organization_id)
-        .values(vcpus_used=q.vcpus_used + vcpus, gpus_used=q.gpus_used + gpus, updated_at=now)
-    )
+    session.execute(_ADD_USAGE, {"p_organization_id": organization_id, "p_vcpus": vcpus, "p_gpus": gpus, "p_now": now})
 
 
 def set_limits(
@@ -149,8 +163,8 @@ def set_limits(
     defaults: Limits,
 ) -> Quota:
     """Set (or, with None, clear back to the default) the organization's overrides."""
-    row = upsert(
-        session,
+    stmt = _upsert(
+        session.get_bind().dialect.name,
         {
             "organization_id": organization_id,
             "max_vcpus": max_vcpus,
@@ -162,4 +176,4 @@ def set_limits(
         },
         {"max_vcpus": max_vcpus, "max_gpus": max_gpus, "updated_at": now},
     )
-    return of_row(row, defaults)
+    return of_row(session.execute(stmt).one(), defaults)

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from handlers.inventory import placement, services
 from handlers.inventory.published import (
+    Claim,
     LaunchRefused,
     LaunchSpec,
     NoCapacity,
@@ -43,14 +44,25 @@ def _launch(
     return resolve_launch(session, region=region, instance_type=instance_type, image=image)
 
 
-def _claim(session: Session, launch: LaunchSpec, org: uuid.UUID | None = None, **kwargs: object) -> object:
+def _claim(
+    session: Session,
+    launch: LaunchSpec,
+    org: uuid.UUID | None = None,
+    *,
+    consumer_id: uuid.UUID | None = None,
+    exclude_hosts: frozenset[uuid.UUID] = frozenset(),
+    quota_vcpus: int = 64,
+    quota_gpus: int = 8,
+) -> Claim:
     result = claim(
         session,
-        consumer_id=kwargs.pop("consumer_id", uuid.uuid4()),  # type: ignore[arg-type]
+        consumer_id=consumer_id or uuid.uuid4(),
         organization_id=org or uuid.uuid4(),
         launch=launch,
+        exclude_hosts=exclude_hosts,
         now=NOW,
-        **kwargs,  # type: ignore[arg-type]
+        quota_vcpus=quota_vcpus,
+        quota_gpus=quota_gpus,
     )
     session.commit()
     return result
@@ -122,8 +134,8 @@ def test_claim_allocates_emits_and_is_idempotent_per_consumer(session: Session) 
     again = _claim(session, launch, org, consumer_id=consumer, exclude_hosts=frozenset({host_id}))
 
     assert first == again == allocation_of(session, consumer)
-    assert first.host_id == host_id and first.host_name == "h1"  # type: ignore[attr-defined]
-    assert (first.region, first.zone) == ("fra1", "fra1-a")  # type: ignore[attr-defined]
+    assert first.host_id == host_id and first.host_name == "h1"
+    assert (first.region, first.zone) == ("fra1", "fra1-a")
     events = _events(session, "allocation.claimed")
     assert len(events) == 1
     assert events[0]["organization_id"] == str(org)
@@ -198,7 +210,7 @@ def test_claims_skip_excluded_draining_down_and_trait_less_hosts(session: Sessio
     add_type(session, "g-1", vcpus=4, gpus=1, gpu_model="h100")
     session.commit()
     launch = _launch(session, "g-1", image="pytorch-2.5-cuda12")
-    assert _claim(session, launch).host_id == b  # type: ignore[attr-defined]  # a lacks the trait
+    assert _claim(session, launch).host_id == b  # a lacks the trait
     with pytest.raises(NoCapacity):
         _claim(session, launch, exclude_hosts=frozenset({b}))
     session.rollback()
@@ -214,7 +226,7 @@ def test_claims_skip_excluded_draining_down_and_trait_less_hosts(session: Sessio
     session.rollback()
     services.activate(session, b, now=NOW)
     session.commit()
-    assert _claim(session, launch).host_id == b  # type: ignore[attr-defined]
+    assert _claim(session, launch).host_id == b
     assert session.get_one(Host, a, populate_existing=True).generation == 0
 
 
@@ -255,9 +267,9 @@ def test_gpu_requests_pack_onto_the_fullest_gpu_host_that_fits(session: Session)
         _claim(session, one, exclude_hosts=frozenset({empty}))
     # The next single-GPU claims go to "busy" (2 free, then 1) …
     for _ in range(2):
-        assert _claim(session, one).host_id == busy  # type: ignore[attr-defined]
+        assert _claim(session, one).host_id == busy
     # … so the whole host stays free for an 8-GPU instance.
-    assert _claim(session, _launch(session, "g-8", image="pytorch-2.5-cuda12")).host_id == empty  # type: ignore[attr-defined]
+    assert _claim(session, _launch(session, "g-8", image="pytorch-2.5-cuda12")).host_id == empty
     check_invariants(session)
 
 
@@ -276,8 +288,8 @@ def test_cpu_requests_spread_and_stay_off_gpu_hosts_while_a_cpu_host_fits(sessio
     assert [c.id for c in placement.candidates(session, request)] == [*reversed(cpu_hosts), gpu_host]
     # Fill the CPU hosts (10 vCPUs left); only then does CPU work land on the GPU host.
     for _ in range(10):
-        assert _claim(session, launch).host_id in cpu_hosts  # type: ignore[attr-defined]
-    assert _claim(session, launch).host_id == gpu_host  # type: ignore[attr-defined]
+        assert _claim(session, launch).host_id in cpu_hosts
+    assert _claim(session, launch).host_id == gpu_host
     check_invariants(session)
 
 

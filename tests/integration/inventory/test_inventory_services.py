@@ -4,6 +4,7 @@ operator's hosts, inventories, traits, states and capacity report."""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 from inventory_support import NOW, add_host, add_type, check_invariants
@@ -11,21 +12,21 @@ from sqlalchemy.orm import Session
 
 from handlers.inventory import services
 from handlers.inventory.placement import InventoryFields
-from handlers.inventory.published import NoCapacity, claim, resolve_launch
+from handlers.inventory.published import Claim, NoCapacity, claim, resolve_launch
 from hangar.problems import BadRequest, Conflict, NotFound, Unprocessable
 
 pytestmark = pytest.mark.postgres
 
 
-def _claim(session: Session, instance_type: str, **kwargs: object) -> object:
+def _claim(session: Session, instance_type: str, exclude_hosts: frozenset[uuid.UUID] = frozenset()) -> Claim:
     launch = resolve_launch(session, region="fra1", instance_type=instance_type, image="ubuntu-24.04")
     result = claim(
         session,
         consumer_id=uuid.uuid4(),
         organization_id=uuid.uuid4(),
         launch=launch,
+        exclude_hosts=exclude_hosts,
         now=NOW,
-        **kwargs,  # type: ignore[arg-type]
     )
     session.commit()
     return result
@@ -106,7 +107,7 @@ def test_create_host_validates_and_builds_the_summary(session: Session) -> None:
             session, name="h1", region="fra1", zone="fra1-a", inventories={"VCPU": InventoryFields(total=1)}, now=NOW
         )
     assert taken.value.slug == "host-name-taken"
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"region": "mars1"}, "unknown-region"),
         ({"zone": "ams1-a"}, "unknown-zone"),
         ({"inventories": {"VCPU": InventoryFields(total=4, reserved=5)}}, "invalid-inventory"),
@@ -119,9 +120,9 @@ def test_create_host_validates_and_builds_the_summary(session: Session) -> None:
         ({"state": "sleeping"}, "invalid-host-state"),
     ]
     for override, slug in cases:
-        args = {"name": "h2", "region": "fra1", "zone": "fra1-a", "inventories": {}, **override}
+        args: dict[str, Any] = {"name": "h2", "region": "fra1", "zone": "fra1-a", "inventories": {}, **override}
         with pytest.raises(Unprocessable) as invalid:
-            services.create_host(session, now=NOW, **args)  # type: ignore[arg-type]
+            services.create_host(session, now=NOW, **args)
         assert invalid.value.slug == slug, override
     with pytest.raises(Unprocessable) as located:
         services.create_host(

@@ -210,12 +210,20 @@ def test_try_order_only_reorders_and_keeps_its_promises(hosts: list[Candidate], 
 
 
 def test_the_query_orders_by_the_weighers_key_on_both_backends() -> None:
+    traits = Request.of("fra1", vcpus=1, memory_mb=1, disk_gb=1, gpus=1, required_traits=["gpu:h100", "nvme"])
     for dialect in (sqlite.dialect(), postgresql.dialect()):
-        spread = str(candidates_query(CPU).compile(dialect=dialect))
-        pack = str(candidates_query(GPU).compile(dialect=dialect))
+        spread = str(candidates_query(CPU)[0].compile(dialect=dialect))
+        pack = str(candidates_query(GPU)[0].compile(dialect=dialect))
         assert "ORDER BY hosts.has_gpu, hosts.vcpu_load" in spread
         assert "ORDER BY hosts.gpu_free, hosts.vcpu_load" in pack
         assert "NOT (EXISTS" in spread and "LIMIT" in spread
+        if dialect.name == "postgresql":  # the planner fence (SQLite prints an OFFSET on every LIMIT)
+            assert spread.count("OFFSET") == 1 and pack.count("OFFSET") == 1
+    stmt, params = candidates_query(traits)
+    assert params["p_trait_0"] == "gpu:h100" and params["p_trait_1"] == "nvme"
+    assert str(stmt.compile(dialect=postgresql.dialect())).count("OFFSET") == 3
+    # One statement per shape, reused: building it is the expensive part in Python.
+    assert candidates_query(CPU)[0] is candidates_query(Request.of("ams1", vcpus=8, memory_mb=9, disk_gb=9, gpus=0))[0]
 
 
 # --- quotas -----------------------------------------------------------------------------------
