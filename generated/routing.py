@@ -547,7 +547,14 @@ OPERATIONS: dict[str, Operation] = {
         request_model=models.InstanceActionRequest,
         response_model=models.Action,
         params=(Param("instanceId", "instance_id", "path", True, uuid.UUID),),
-        emits=("instance.state_changed", "instance.running", "instance.stopped", "instance.failed", "action.completed"),
+        emits=(
+            "instance.state_changed",
+            "instance.running",
+            "instance.stopped",
+            "instance.failed",
+            "allocation.released",
+            "action.completed",
+        ),
         cli={
             "columns": ["id", "type", "status", "progress", "instance_id"],
             "command": "act",

@@ -307,8 +307,6 @@ def _launchable(account: Account) -> tuple[str, str, str]:
 
 
 def test_instance_lifecycle_waiting_for_every_action(account: Account, live_server: Any) -> None:
-    # Guard while handlers/provisioning is being written; to be removed when it lands.
-    pytest.importorskip("handlers.provisioning.operations")
     _load_sim_fleet(live_server, [r["slug"] for r in account.ok("regions")["data"]])
     region, kind, image = _launchable(account)
     wait = ("--wait", "--timeout", "60", "--output", "json")
