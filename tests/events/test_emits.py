@@ -232,11 +232,6 @@ class Variant:
     must_emit: tuple[str, ...] = ()  # what this path exists to show
 
 
-_MISSING_RELEASE = (
-    "SPEC GAP: a failed start/reboot/stop destroys the instance and releases its capacity "
-    "(saga._undo_claim → allocation.released), but createInstanceAction's x-emits "
-    "(specs/openapi/provisioning.yaml) does not list allocation.released"
-)
 _MISSING_REVOKE = (
     "SPEC GAP: removing a member revokes their API keys (identity services.remove_member → "
     "_revoke → api_key.revoked), but removeMember's x-emits (specs/openapi/identity.yaml) "
@@ -272,10 +267,9 @@ VARIANTS = [
             "the host fails the reboot",
             lambda w: Call({"instanceId": w.instance("running")}, {"type": "reboot"}),
             hosts_fail=True,
-            must_emit=("instance.failed",),
+            must_emit=("instance.failed", "allocation.released"),
         ),
         id="createInstanceAction-reboot-fails",
-        marks=pytest.mark.xfail(strict=True, reason=_MISSING_RELEASE),
     ),
     pytest.param(
         Variant(
