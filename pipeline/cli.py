@@ -61,7 +61,7 @@ RESERVED_OPTIONS = frozenset({"--help", "--url", "--output", "--retries", "--bod
 # Options of the commands that wait (`<tag> wait`, and those with x-cli.wait).
 WAIT_OPTIONS = frozenset({"--wait", "--timeout"})
 # The fields of sdk.Waiter the CLI runtime needs (hangar_cli.model.Waiter).
-WAITER_FIELDS = ("operation_id", "noun", "field", "targets", "failure", "progress", "error", "wait_param")
+WAITER_FIELDS = ("operation_id", "noun", "field", "targets", "failure", "progress", "error", "busy", "wait_param")
 RUNTIME_EXPRESSION = re.compile(r"\$response\.body#(/.*)")
 # Operations whose response holds credentials the CLI keeps: config key → dotted response path.
 CREDENTIAL_OPERATIONS: dict[str, dict[str, str]] = {

@@ -17,6 +17,10 @@ beside it. Hangar's additions, all generated from templates/sdk/:
 enum values a caller may wait for (the first is the default), `failure` the values that end
 the wait in failure; `progress` (optional) an integer 0..100 property shown while waiting;
 `error` (optional) an object property with `code` and `message`, reported on failure;
+`busy` (optional) a boolean property that is true while something is still changing the
+resource: when it is false and the field is not the target, nothing will move it there (an
+instance that is `stopped` with no action running never becomes `running`), so the wait
+fails at once instead of running into its timeout;
 `wait_param` the path parameter naming the resource (the operation's only parameter). The
 operation is named get<Thing>: getAction gets `wait_for_action(client, action_id, *, …)`
 and `wait_for_action_async`; with several targets the field's name is a keyword
@@ -51,7 +55,7 @@ PACKAGE = "hangar_client"
 # Files rendered from templates/sdk/ into the package, beside what the generator writes.
 EXTRA_MODULES = ("retry.py", "pagination.py", "waiters.py")
 SAFE_METHODS = frozenset({"get", "head", "options"})
-WAITER_KEYS = frozenset({"field", "targets", "failure", "progress", "error", "wait_param"})
+WAITER_KEYS = frozenset({"field", "targets", "failure", "progress", "error", "busy", "wait_param"})
 # The waiter functions' own keywords; a target keyword (the field's name) may not be one of them.
 WAITER_ARGS = frozenset({"client", "timeout", "interval", "max_interval", "on_update"})
 
@@ -129,6 +133,7 @@ class Waiter:
     failure: tuple[str, ...]  # values that end the wait in failure
     progress: str | None  # an integer 0..100 response field
     error: str | None  # an object response field with `code` and `message`
+    busy: str | None  # a boolean response field: false = nothing will change the field any more
     wait_param: str  # the path parameter naming the resource ("actionId")
     model: str  # the response schema's component name ("Action")
 
@@ -205,6 +210,10 @@ def _waiter(spec: dict[str, Any], path: str, method: str, op: dict[str, Any]) ->
         if not {"code", "message"} <= set(error_props):
             fail(f"error `{error}` is not a property of {name} with `code` and `message`")
 
+    busy = raw.get("busy")
+    if busy is not None and (busy not in props or resolve(spec, props[busy]).get("type") != "boolean"):
+        fail(f"busy `{busy}` is not a boolean property of {name}")
+
     noun = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", thing.group(1)).lower()
     waiter = Waiter(
         operation_id=op_id,
@@ -217,6 +226,7 @@ def _waiter(spec: dict[str, Any], path: str, method: str, op: dict[str, Any]) ->
         failure=failure,
         progress=progress,
         error=error,
+        busy=busy,
         wait_param=wait_param,
         model=name,
     )
@@ -275,7 +285,7 @@ def _waiter_code(waiter: Waiter, openapi: Any) -> WaiterCode:
             constant = "_" + waiter.function.removeprefix("wait_for_").upper()
             watch = (
                 f"noun={waiter.noun!r}, model={model.name}, field={waiter.field!r}, targets={waiter.targets!r}, "
-                f"failure={waiter.failure!r}, progress={waiter.progress!r}, error={waiter.error!r}"
+                f"failure={waiter.failure!r}, progress={waiter.progress!r}, error={waiter.error!r}, busy={waiter.busy!r}"
             )
             return WaiterCode(
                 waiter=waiter,

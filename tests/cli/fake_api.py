@@ -31,11 +31,16 @@ def action(status: str, progress: int, *, kind: str = "create", error: dict[str,
     }
 
 
-def instance(state: str) -> dict[str, Any]:
+# States in which an action is under way (the instance is `locked`).
+TRANSITIONAL = frozenset({"pending", "provisioning", "stopping", "starting", "rebooting", "terminating"})
+
+
+def instance(state: str, locked: bool | None = None) -> dict[str, Any]:
     return {
         "id": INSTANCE_ID, "name": "web-1", "state": state, "state_reason": None, "region": "fra1", "zone": None,
         "instance_type": "cpu-2", "image": "ubuntu-24.04", "vcpus": 2, "memory_mb": 4096, "disk_gb": 80, "gpus": 0,
-        "gpu_model": None, "price_per_hour": 3, "currency": "USD", "locked": False,
+        "gpu_model": None, "price_per_hour": 3, "currency": "USD",
+        "locked": state in TRANSITIONAL if locked is None else locked,
         "created_at": "2026-11-28T10:00:00Z", "updated_at": "2026-11-28T10:00:00Z", "launched_at": None,
         "terminated_at": None,
     }  # fmt: skip

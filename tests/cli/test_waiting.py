@@ -137,7 +137,8 @@ def test_usage_errors_of_wait_commands_exit_2(cli: Cli) -> None:
 
 
 def test_instance_wait_for_the_state_asked_for(cli: Cli, api: FakeApi) -> None:
-    api.on("GET", INSTANCE, instance("running"), instance("stopping"), instance("stopping"), instance("stopped"))
+    api.on("GET", INSTANCE, instance("running", locked=True), instance("stopping"), instance("stopping"),
+           instance("stopped"))  # fmt: skip
     result = cli.run("instances", "wait", INSTANCE_ID, "--state", "stopped")
     assert result.code == 0, result
     assert lines(result.err) == [f"{SHORT_INSTANCE} running", f"{SHORT_INSTANCE} stopping", f"{SHORT_INSTANCE} stopped"]
@@ -149,6 +150,16 @@ def test_instance_wait_fails_on_a_failed_instance(cli: Cli, api: FakeApi) -> Non
     result = cli.run("instances", "wait", INSTANCE_ID, "--state", "running")
     assert result.code == 1
     assert lines(result.err)[-1] == f"error: instance {INSTANCE_ID} state is failed"
+
+
+def test_instance_wait_fails_at_once_when_nothing_will_get_it_there(cli: Cli, api: FakeApi) -> None:
+    # Stopped with no action running (`locked` false): it will never become running by waiting.
+    api.on("GET", INSTANCE, instance("stopped"))
+    result = cli.run("instances", "wait", INSTANCE_ID, "--state", "running")
+    assert result.code == 1
+    assert api.polls(INSTANCE) == 1 and cli.sleeps == []
+    assert "nothing is changing it (locked is false): it will not become running" in result.err
+    assert json.loads(result.out)["state"] == "stopped", "the instance is still printed"
 
 
 # --- --wait and the verbs ------------------------------------------------------------------------------

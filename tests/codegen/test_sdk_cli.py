@@ -456,11 +456,13 @@ def action(status: str, progress: int, error: dict[str, str] | None = None) -> d
     }
 
 
-def instance(state: str) -> dict[str, Any]:
+def instance(state: str, locked: bool | None = None) -> dict[str, Any]:
+    # `locked` (an action under way) by default in the transitional states, as the server says.
+    busy = state in {"pending", "provisioning", "stopping", "starting", "rebooting", "terminating"}
     return {
         "id": INSTANCE_ID, "name": "web-1", "state": state, "state_reason": None, "region": "fra1", "zone": None,
         "instance_type": "cpu-2", "image": "ubuntu-24.04", "vcpus": 2, "memory_mb": 4096, "disk_gb": 80, "gpus": 0,
-        "gpu_model": None, "price_per_hour": 3, "currency": "USD", "locked": False,
+        "gpu_model": None, "price_per_hour": 3, "currency": "USD", "locked": busy if locked is None else locked,
         "created_at": "2026-11-28T10:00:00Z", "updated_at": "2026-11-28T10:00:00Z", "launched_at": None,
         "terminated_at": None,
     }  # fmt: skip
@@ -539,13 +541,16 @@ def test_wait_for_instance_waits_for_the_state_asked_for() -> None:
     from hangar_client import WaitFailed, wait_for_instance
     from hangar_client.models import InstanceState
 
-    handler = answers(instance("running"), instance("stopping"), instance("stopped"))
+    handler = answers(instance("running", locked=True), instance("stopping"), instance("stopped"))
     stopped = wait_for_instance(client_for(handler, []), uuid.UUID(INSTANCE_ID), state=InstanceState.STOPPED)
     assert stopped.state == InstanceState.STOPPED
     assert wait_for_instance(client_for(answers(instance("running")), []), INSTANCE_ID).state == "running"
     with pytest.raises(WaitFailed, match="state is failed") as caught:
         wait_for_instance(client_for(answers(instance("provisioning"), instance("failed")), []), INSTANCE_ID)
     assert caught.value.code is None and caught.value.model.state == "failed"
+    with pytest.raises(WaitFailed, match="nothing is changing it") as idle:  # stopped, no action: never running
+        wait_for_instance(client_for(answers(instance("stopped")), []), INSTANCE_ID)
+    assert idle.value.model.state == "stopped"
     with pytest.raises(ValueError, match="running, stopped, terminated"):
         wait_for_instance(client_for(answers(instance("running")), []), INSTANCE_ID, state="pending")
 

@@ -159,6 +159,7 @@ def _integer_state(spec: dict[str, Any]) -> None:
         (_set_waiter("getJob", wait_param="id"), "getJob: x-waiter wait_param `id` is not a path parameter"),
         (_set_waiter("getJob", progress="status"), "getJob: x-waiter progress `status` is not an integer"),
         (_set_waiter("getJob", error="status"), "getJob: x-waiter error `status` is not a property of Job with"),
+        (_set_waiter("getJob", busy="status"), "getJob: x-waiter busy `status` is not a boolean property of Job"),
         (_set_waiter("getJob", field=None), "getJob: x-waiter lacks field"),
         (_set_waiter("getJob", colour="red"), "getJob: x-waiter has unknown key(s) colour"),
         (_move_waiter_to_post, "createMachine: x-waiter belongs on a GET operation named get<Thing>"),

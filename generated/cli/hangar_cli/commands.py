@@ -2353,6 +2353,7 @@ WAITERS: dict[str, Waiter] = {
         failure=("failed",),
         progress="progress",
         error="error",
+        busy=None,
         wait_param="actionId",
     ),
     "getInstance": Waiter(
@@ -2363,6 +2364,7 @@ WAITERS: dict[str, Waiter] = {
         failure=("failed",),
         progress=None,
         error=None,
+        busy="locked",
         wait_param="instanceId",
     ),
 }

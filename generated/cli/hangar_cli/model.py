@@ -66,4 +66,5 @@ class Waiter:
     failure: tuple[str, ...]  # values that end the wait in failure
     progress: str | None  # a 0..100 response field shown while waiting
     error: str | None  # a response field {code, message} reported on failure
+    busy: str | None  # a boolean response field; false = nothing will change the watched field
     wait_param: str  # the path parameter naming the resource ("actionId")

@@ -123,6 +123,12 @@ def poll(session: Any, waiter: Waiter, kwargs: dict[str, Any], target: str, time
                 return data
             if value in waiter.failure:
                 raise WaitFailed(_failure(waiter, ident, data, value), data)
+            if waiter.busy and output.dig(data, waiter.busy) is False:
+                raise WaitFailed(
+                    f"{waiter.noun} {ident} {waiter.field} is {value} and nothing is changing it "
+                    f"({waiter.busy} is false): it will not become {target}",
+                    data,
+                )
             remaining = timeout - max(clock() - started, slept)
             if remaining <= 0:
                 raise CliError(

@@ -56,6 +56,7 @@ class _Watch(Generic[M]):
         failure: tuple[str, ...],
         progress: str | None,
         error: str | None,
+        busy: str | None = None,
     ) -> None:
         self.noun = noun
         self.model = model
@@ -64,6 +65,7 @@ class _Watch(Generic[M]):
         self.failure = failure
         self.progress = progress
         self.error = error
+        self.busy = busy
 
 
 class _Poll(Generic[M]):
@@ -123,6 +125,16 @@ class _Poll(Generic[M]):
                 code=code,
                 message=message,
             )
+        if watch.busy and body.get(watch.busy) is False:
+            # Nothing is changing the resource any more: the target is out of reach.
+            raise WaitFailed(
+                f"{watch.noun} {self.ident}: {watch.field} is {self.value} and nothing is changing it "
+                f"({watch.busy} is false); it will not become {self.target}",
+                model=parsed,
+                value=self.value,
+                code=None,
+                message=None,
+            )
         return None
 
     def pause(self) -> float:
@@ -170,6 +182,7 @@ _ACTION = _Watch(
     failure=("failed",),
     progress="progress",
     error="error",
+    busy=None,
 )
 
 
@@ -265,6 +278,7 @@ _INSTANCE = _Watch(
     failure=("failed",),
     progress=None,
     error=None,
+    busy="locked",
 )
 
 
