@@ -1,6 +1,6 @@
 """The multi-process proof: hundreds of concurrent launches through two API processes and two
 `hangar-worker`s over RabbitMQ on one PostgreSQL database, on hosts that fail one create in
-five, into far less capacity than is asked for — and a worker SIGKILLed halfway.
+five, into far less capacity than is asked for — and a worker SIGKILLed mid-run.
 
 What must hold afterwards (each is asserted, with what broke it in the message):
 - capacity: no inventory over its capacity; every inventory's `used` (and the host's
