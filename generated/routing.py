@@ -740,7 +740,7 @@ OPERATIONS: dict[str, Operation] = {
             Param("organizationId", "organization_id", "path", True, uuid.UUID),
             Param("memberId", "member_id", "path", True, uuid.UUID),
         ),
-        emits=("member.removed",),
+        emits=("member.removed", "api_key.revoked"),
         cli={"command": "remove"},
     ),
     "listRegions": Operation(

@@ -232,12 +232,6 @@ class Variant:
     must_emit: tuple[str, ...] = ()  # what this path exists to show
 
 
-_MISSING_REVOKE = (
-    "SPEC GAP: removing a member revokes their API keys (identity services.remove_member → "
-    "_revoke → api_key.revoked), but removeMember's x-emits (specs/openapi/identity.yaml) "
-    "lists only member.removed"
-)
-
 VARIANTS = [
     pytest.param(
         Variant(
@@ -276,10 +270,9 @@ VARIANTS = [
             "removeMember",
             "a member who joined (holds a key)",
             lambda w: Call({**_org(w), "memberId": w.joined_member()}),
-            must_emit=("member.removed",),
+            must_emit=("member.removed", "api_key.revoked"),
         ),
         id="removeMember-joined",
-        marks=pytest.mark.xfail(strict=True, reason=_MISSING_REVOKE),
     ),
 ]
 
