@@ -383,26 +383,37 @@ def _building(run: _Run) -> None:
 # --- compensation (create and power actions) ----------------------------------------------
 
 
-def _undo_build(run: _Run) -> None:
+def _begin_destroy(run: _Run, *, step: str, waiting: str, then: str) -> None:
+    """Ask the host to destroy the instance (step `step`), then wait in `waiting`; an
+    instance never placed has nothing to destroy and goes straight to `then`. A destroy the
+    host refuses is retried from `step` with backoff, never abandoned."""
     if run.instance.host_id is None:
-        _next(run, UNDO_CLAIM)
+        _next(run, then)
         return
     try:
         run.driver.begin(_spec(run.instance), "destroy")
     except DriverError as exc:
-        _again_later(run, UNDO_BUILD, f"destroy could not begin: {exc.message}")
+        _again_later(run, step, f"destroy could not begin: {exc.message}")
         return
-    _next(run, UNDO_BUILD_WAIT)
+    _next(run, waiting)
 
 
-def _undo_build_wait(run: _Run) -> None:
+def _await_destroy(run: _Run, *, retry: str, then: str) -> None:
     progress = _poll(run, "destroy")
     if progress is None:
         return
     if not progress.ok:
-        _again_later(run, UNDO_BUILD, f"destroy failed: {progress.error_message or progress.error_code}")
+        _again_later(run, retry, f"destroy failed: {progress.error_message or progress.error_code}")
         return
-    _next(run, UNDO_CLAIM)
+    _next(run, then)
+
+
+def _undo_build(run: _Run) -> None:
+    _begin_destroy(run, step=UNDO_BUILD, waiting=UNDO_BUILD_WAIT, then=UNDO_CLAIM)
+
+
+def _undo_build_wait(run: _Run) -> None:
+    _await_destroy(run, retry=UNDO_BUILD, then=UNDO_CLAIM)
 
 
 def _undo_claim(run: _Run) -> None:
@@ -484,25 +495,11 @@ def _wait_power(run: _Run) -> None:
 
 
 def _destroy(run: _Run) -> None:
-    if run.instance.host_id is None:  # never placed (or already given back): nothing to destroy
-        _next(run, RELEASE)
-        return
-    try:
-        run.driver.begin(_spec(run.instance), "destroy")
-    except DriverError as exc:
-        _again_later(run, DESTROY, f"destroy could not begin: {exc.message}")
-        return
-    _next(run, DESTROYING)
+    _begin_destroy(run, step=DESTROY, waiting=DESTROYING, then=RELEASE)
 
 
 def _destroying(run: _Run) -> None:
-    progress = _poll(run, "destroy")
-    if progress is None:
-        return
-    if not progress.ok:
-        _again_later(run, DESTROY, f"destroy failed: {progress.error_message or progress.error_code}")
-        return
-    _next(run, RELEASE)
+    _await_destroy(run, retry=DESTROY, then=RELEASE)
 
 
 def _release(run: _Run) -> None:
