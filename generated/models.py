@@ -184,7 +184,7 @@ class InventoryUpdate(BaseModel):
         extra="forbid",
         populate_by_name=True,
     )
-    allocation_ratio: Annotated[float | None, Field(examples=[4.0], ge=0.01, le=64.0)] = None
+    allocation_ratio: Annotated[float | None, Field(examples=[4.0], ge=0.01, le=16.0)] = None
     """
     Overcommit factor; capacity = (total − reserved) × ratio.
     """
@@ -192,23 +192,23 @@ class InventoryUpdate(BaseModel):
     """
     The host generation you read; a stale one is a 409 `concurrent-update`. Omit to write unconditionally.
     """
-    max_unit: Annotated[int | None, Field(examples=[64], ge=1, le=1000000000)] = None
+    max_unit: Annotated[int | None, Field(examples=[64], ge=1, le=100000000)] = None
     """
     The largest single claim.
     """
-    min_unit: Annotated[int | None, Field(examples=[1], ge=1, le=1000000000)] = None
+    min_unit: Annotated[int | None, Field(examples=[1], ge=1, le=100000000)] = None
     """
     The smallest claim.
     """
-    reserved: Annotated[int | None, Field(examples=[2], ge=0, le=1000000000)] = None
+    reserved: Annotated[int | None, Field(examples=[2], ge=0, le=100000000)] = None
     """
     Units kept for the host itself.
     """
-    step_size: Annotated[int | None, Field(examples=[1], ge=1, le=1000000000)] = None
+    step_size: Annotated[int | None, Field(examples=[1], ge=1, le=100000000)] = None
     """
     Claims are multiples of this.
     """
-    total: Annotated[int, Field(examples=[64], ge=0, le=1000000000)]
+    total: Annotated[int, Field(examples=[64], ge=0, le=100000000)]
     """
     Units the host has.
     """
@@ -858,36 +858,36 @@ class Inventory(BaseModel):
         extra="forbid",
         populate_by_name=True,
     )
-    allocation_ratio: Annotated[float, Field(examples=[4.0], ge=0.01, le=64.0)]
+    allocation_ratio: Annotated[float, Field(examples=[4.0], ge=0.01, le=16.0)]
     """
     Overcommit factor; capacity = (total − reserved) × ratio.
     """
-    capacity: Annotated[int, Field(examples=[248], ge=0, le=64000000000)]
+    capacity: Annotated[int, Field(examples=[248], ge=0, le=1600000000)]
     """
     floor((total − reserved) × allocation_ratio).
     """
-    max_unit: Annotated[int, Field(examples=[64], ge=1, le=1000000000)]
+    max_unit: Annotated[int, Field(examples=[64], ge=1, le=100000000)]
     """
     The largest single claim.
     """
-    min_unit: Annotated[int, Field(examples=[1], ge=1, le=1000000000)]
+    min_unit: Annotated[int, Field(examples=[1], ge=1, le=100000000)]
     """
     The smallest claim.
     """
-    reserved: Annotated[int, Field(examples=[2], ge=0, le=1000000000)]
+    reserved: Annotated[int, Field(examples=[2], ge=0, le=100000000)]
     """
     Units kept for the host itself.
     """
     resource_class: ResourceClass
-    step_size: Annotated[int, Field(examples=[1], ge=1, le=1000000000)]
+    step_size: Annotated[int, Field(examples=[1], ge=1, le=100000000)]
     """
     Claims are multiples of this.
     """
-    total: Annotated[int, Field(examples=[64], ge=0, le=1000000000)]
+    total: Annotated[int, Field(examples=[64], ge=0, le=100000000)]
     """
     Units the host has.
     """
-    used: Annotated[int, Field(examples=[16], ge=0, le=64000000000)]
+    used: Annotated[int, Field(examples=[16], ge=0, le=1600000000)]
     """
     Units allocated to instances.
     """
@@ -898,28 +898,28 @@ class InventoryCreate(BaseModel):
         extra="forbid",
         populate_by_name=True,
     )
-    allocation_ratio: Annotated[float | None, Field(examples=[4.0], ge=0.01, le=64.0)] = None
+    allocation_ratio: Annotated[float | None, Field(examples=[4.0], ge=0.01, le=16.0)] = None
     """
     Overcommit factor; capacity = (total − reserved) × ratio.
     """
-    max_unit: Annotated[int | None, Field(examples=[64], ge=1, le=1000000000)] = None
+    max_unit: Annotated[int | None, Field(examples=[64], ge=1, le=100000000)] = None
     """
     The largest single claim.
     """
-    min_unit: Annotated[int | None, Field(examples=[1], ge=1, le=1000000000)] = None
+    min_unit: Annotated[int | None, Field(examples=[1], ge=1, le=100000000)] = None
     """
     The smallest claim.
     """
-    reserved: Annotated[int | None, Field(examples=[2], ge=0, le=1000000000)] = None
+    reserved: Annotated[int | None, Field(examples=[2], ge=0, le=100000000)] = None
     """
     Units kept for the host itself.
     """
     resource_class: ResourceClass
-    step_size: Annotated[int | None, Field(examples=[1], ge=1, le=1000000000)] = None
+    step_size: Annotated[int | None, Field(examples=[1], ge=1, le=100000000)] = None
     """
     Claims are multiples of this.
     """
-    total: Annotated[int, Field(examples=[64], ge=0, le=1000000000)]
+    total: Annotated[int, Field(examples=[64], ge=0, le=100000000)]
     """
     Units the host has.
     """
@@ -1089,7 +1089,7 @@ class ResourceCapacity(BaseModel):
     """
     used: Annotated[int, Field(examples=[120], ge=0, le=9000000000000000000)]
     """
-    Σ allocated.
+    Σ allocated on active and draining hosts.
     """
     utilisation: Annotated[float, Field(examples=[0.05], ge=0.0, le=1000.0)]
     """

@@ -473,8 +473,8 @@ def _set_state(session: Session, host_id: uuid.UUID, state: str, now: datetime) 
 
 def capacity_report(session: Session, region: str | None = None) -> list[RegionCapacity]:
     """Per region (all, or one: 404 region-not-found) and resource class: total, reserved,
-    capacity, used, free, available (free on active hosts) and utilisation; host counts by
-    state. Two GROUP BY queries."""
+    capacity, used, free over active and draining hosts, available (free on active hosts) and
+    utilisation; host counts by state (down ones included). Two GROUP BY queries."""
     regions = [get_region(session, region).slug] if region is not None else [r.slug for r in list_regions(session)]
     h, inv = HOSTS.c, INVENTORIES.c
     sums: dict[tuple[str, str], tuple[int, ...]] = {}
@@ -482,10 +482,12 @@ def capacity_report(session: Session, region: str | None = None) -> list[RegionC
         select(
             h.region,
             inv.resource_class,
-            func.sum(inv.total),
-            func.sum(inv.reserved),
-            func.sum(inv.capacity),
-            func.sum(inv.used),
+            # A host that is down is out of the fleet: the totals are over active and draining
+            # hosts (the contract's CapacityReport), `available` over active ones only.
+            func.sum(case((h.state != "down", inv.total), else_=0)),
+            func.sum(case((h.state != "down", inv.reserved), else_=0)),
+            func.sum(case((h.state != "down", inv.capacity), else_=0)),
+            func.sum(case((h.state != "down", inv.used), else_=0)),
             func.sum(case((h.state == "active", inv.capacity - inv.used), else_=0)),
         )
         .join(HOSTS, h.id == inv.host_id)

@@ -261,9 +261,14 @@ def test_capacity_report(session: Session) -> None:
     fra1 = report["fra1"]
     assert fra1.hosts == {"active": 1, "draining": 0, "down": 1}
     vcpu = fra1.resources["VCPU"]
-    assert (vcpu.total, vcpu.reserved, vcpu.capacity, vcpu.used, vcpu.free) == (16, 2, 8 + 12, 2, 18)
+    # Host b is down: out of the totals (active and draining hosts only), its count kept.
+    assert (vcpu.total, vcpu.reserved, vcpu.capacity, vcpu.used, vcpu.free) == (8, 0, 8, 2, 6)
     assert vcpu.available == 6  # only host a is active
-    assert vcpu.utilisation == pytest.approx(2 / 20)
+    assert vcpu.utilisation == pytest.approx(2 / 8)
+    services.drain(session, down, now=NOW)  # draining hosts count again, but place nothing
+    session.commit()
+    vcpu = {r.region: r for r in services.capacity_report(session)}["fra1"].resources["VCPU"]
+    assert (vcpu.total, vcpu.reserved, vcpu.capacity, vcpu.used, vcpu.available) == (16, 2, 20, 2, 6)
     assert fra1.resources["GPU"].capacity == 0 and fra1.resources["GPU"].utilisation == 0.0
     assert report["ams1"].resources["GPU"].available == 4
     assert report["nyc1"].hosts == {"active": 0, "draining": 0, "down": 0}

@@ -20,7 +20,7 @@ class ResourceCapacity:
         reserved (int): Σ reserved. Example: 20.
         resource_class (ResourceClass): A kind of resource a host has an inventory of. Example: VCPU.
         total (int): Σ total over active and draining hosts. Example: 640.
-        used (int): Σ allocated. Example: 120.
+        used (int): Σ allocated on active and draining hosts. Example: 120.
         utilisation (float): used ÷ capacity (0 when there is none). Example: 0.05.
     """
 
