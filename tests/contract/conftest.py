@@ -1,13 +1,22 @@
 """Fixtures for the contract stage, and the hook that records what it covered.
 
-One app and one database serve the whole stage (session scope): the contract tests only
-add tenants and never rely on an empty database. The database comes from tests/conftest.py
-(`databases.dedicated()`), so `--db=postgresql` runs the stage on PostgreSQL.
+One app and one database serve the whole stage (package scope): the contract tests only add
+tenants (and operator-made hosts) and never rely on an empty database. The database comes
+from tests/conftest.py (`databases.dedicated()`), so `--db=postgresql` runs the stage on
+PostgreSQL.
+
+The app's lifespan runs once, for the whole stage (`served`): it seeds the catalogue and
+starts the relay and the saga runner that bring launched instances up, and stops them when
+the stage ends (package scope: they do not idle on through the rest of a full-suite run).
+Everything reaches the app in-process: through `http` (a TestClient), schemathesis
+(harness.py, which keeps its hands off the lifespan) and the async SDK
+(httpx.ASGITransport, which has none).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -20,7 +29,7 @@ from hangar.config import ROOT
 from hangar.dispatch import HangarApp
 
 from .coverage import COVERAGE
-from .support import Tenant, contract_settings, sign_up
+from .support import Tenant, contract_settings, load_fleet, sign_up
 
 COVERAGE_PATH = ROOT / ".hangar" / "contract-coverage.json"
 
@@ -33,24 +42,40 @@ def _cheap_password_hashing() -> Iterator[None]:
     passwords.use_hasher(previous)
 
 
-@pytest.fixture(scope="session")
-def contract_app(databases: Any) -> HangarApp:
-    return create_app(contract_settings(databases.dedicated()))
+@dataclass(frozen=True)
+class Served:
+    app: HangarApp
+    http: TestClient
 
 
-@pytest.fixture(scope="session")
-def http(contract_app: HangarApp) -> Iterator[TestClient]:
+@pytest.fixture(scope="package")
+def served(databases: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    app = create_app(contract_settings(databases.dedicated(), tmp_path_factory.mktemp("contract-instances")))
+    # The catalogue and the simulated fleet before the lifespan's start-up, which then finds a
+    # fleet and seeds no hosts of its own.
+    load_fleet(app.runtime.sessions)
+    with TestClient(app, base_url="http://testserver", raise_server_exceptions=False) as client:
+        yield Served(app, client)
+
+
+@pytest.fixture(scope="package")
+def contract_app(served: Served) -> HangarApp:
+    """The app, its lifespan running (relay and saga runner up) for the whole stage."""
+    return served.app
+
+
+@pytest.fixture(scope="package")
+def http(served: Served) -> TestClient:
     """A plain HTTP client into the app, for set-up and hand-written assertions."""
-    with TestClient(contract_app, base_url="http://testserver", raise_server_exceptions=False) as client:
-        yield client
+    return served.http
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def tenant(http: TestClient) -> Tenant:
     return sign_up(http, "Acme")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def other_tenant(http: TestClient) -> Tenant:
     return sign_up(http, "Globex")
 

@@ -16,14 +16,14 @@ from pathlib import Path
 
 @dataclass
 class ContractCoverage:
-    # Schemathesis cases per operationId, and the run's one-line summary.
+    # Schemathesis cases per operationId, and each run's one-line summary.
     cases: Counter[str] = field(default_factory=Counter)
-    schemathesis_summary: str = ""
+    schemathesis_summaries: list[str] = field(default_factory=list)
     sdk_roundtrips: set[str] = field(default_factory=set)
 
     def schemathesis_run(self, cases_per_operation: Counter[str], summary: str) -> None:
         self.cases.update(cases_per_operation)
-        self.schemathesis_summary = summary
+        self.schemathesis_summaries.append(summary)
 
     def roundtrip(self, operation_id: str) -> None:
         self.sdk_roundtrips.add(operation_id)
@@ -50,7 +50,7 @@ class ContractCoverage:
         return [
             f"contract stage: {sum(self.cases.values())} schemathesis cases across {len(self.cases)} operations; "
             f"SDK round trip through {len(self.sdk_roundtrips)} operations",
-            *([self.schemathesis_summary] if self.schemathesis_summary else []),
+            *self.schemathesis_summaries,
         ]
 
 

@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import uuid
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from hangar_client import AuthenticatedClient, Client
+from hangar_client import AuthenticatedClient, Client, waiters
+from hangar_client.models import Action, Instance
 from hangar_client.types import Response
 
 from generated.routing import OPERATIONS
 from pipeline.routing import snake_case
+
+# The waiters' pacing for tests: the sim driver takes tens of milliseconds a step.
+WAIT_TIMEOUT, WAIT_INTERVAL, WAIT_MAX_INTERVAL = 30.0, 0.02, 0.2
 
 
 def sdk_module(operation_id: str) -> ModuleType:
@@ -75,3 +80,45 @@ class Sdk:
     def as_key(self, token: str | None) -> Sdk:
         """The same target and flavour with another key (None: no key)."""
         return Sdk(self.flavour, self.target, token)
+
+    def _authenticated(self) -> AuthenticatedClient:
+        assert isinstance(self.client, AuthenticatedClient), "waiting needs a key"
+        return self.client
+
+    def wait_for_action(self, action_id: uuid.UUID) -> Action:
+        """hangar_client.waiters.wait_for_action[_async]: the action, once it succeeded."""
+        client = self._authenticated()
+        if self.flavour == "sync":
+            return waiters.wait_for_action(
+                client, action_id, timeout=WAIT_TIMEOUT, interval=WAIT_INTERVAL, max_interval=WAIT_MAX_INTERVAL
+            )
+        assert self.target.loop is not None
+        return self.target.loop.run_until_complete(
+            waiters.wait_for_action_async(
+                client, action_id, timeout=WAIT_TIMEOUT, interval=WAIT_INTERVAL, max_interval=WAIT_MAX_INTERVAL
+            )
+        )
+
+    def wait_for_instance(self, instance_id: uuid.UUID, state: str = "running") -> Instance:
+        """hangar_client.waiters.wait_for_instance[_async]: the instance, once in `state`."""
+        client = self._authenticated()
+        if self.flavour == "sync":
+            return waiters.wait_for_instance(
+                client,
+                instance_id,
+                state=state,
+                timeout=WAIT_TIMEOUT,
+                interval=WAIT_INTERVAL,
+                max_interval=WAIT_MAX_INTERVAL,
+            )
+        assert self.target.loop is not None
+        return self.target.loop.run_until_complete(
+            waiters.wait_for_instance_async(
+                client,
+                instance_id,
+                state=state,
+                timeout=WAIT_TIMEOUT,
+                interval=WAIT_INTERVAL,
+                max_interval=WAIT_MAX_INTERVAL,
+            )
+        )

@@ -8,24 +8,55 @@ The test is parametrized over generated.routing.OPERATIONS, so a new operation w
 round trip here fails. Each round trip asserts typed results (the SDK's attrs models, not
 dicts), that what it wrote reads back, and that the spec's failure answers arrive as typed
 `Problem`s.
+
+Each flavour's world has a tenant (signed up through the SDK) and an operator organization
+(made out of band in that server's database, as `hangar-admin create-operator` does), whose
+owner drives the operator API. Instances launch on the `sim` driver with short delays and
+are awaited with the SDK's own waiters; a round trip terminates what it launched, so the
+small fleet of a fresh server keeps room for the next.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
 from hangar_client.models import (
+    Action,
+    ActionList,
+    ActionStatus,
+    ActionType,
     ApiKey,
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyList,
     ApiKeyStatus,
+    CapacityReport,
+    Host,
+    HostCreate,
+    HostList,
+    HostState,
+    Image,
+    ImageList,
+    ImageStatus,
+    Instance,
+    InstanceActionRequest,
+    InstanceActionRequestType,
+    InstanceCreate,
+    InstanceLaunch,
+    InstanceList,
+    InstanceState,
+    InstanceType,
+    InstanceTypeList,
+    InventoryCreate,
+    InventoryUpdate,
     InvitationAcceptance,
     Me,
     Member,
@@ -37,29 +68,38 @@ from hangar_client.models import (
     Organization,
     OrganizationUpdate,
     Problem,
+    Region,
+    RegionAvailability,
+    RegionCapacity,
+    RegionList,
+    ResourceCapacity,
+    ResourceClass,
     Role,
     Scope,
     SignupRequest,
     SignupResult,
 )
-from hangar_client.types import UNSET
+from hangar_client.types import UNSET, Response, Unset
 
 from generated.routing import OPERATIONS
+from hangar.db import make_engine, make_session_factory
 from hangar.dispatch import HangarApp
 
 from .coverage import COVERAGE
-from .sdk import Sdk, Target
-from .support import PASSWORD, load_spec, unique_email
+from .sdk import WAIT_TIMEOUT, Sdk, Target
+from .support import PASSWORD, load_spec, make_operator, unique_email
 
 
 @dataclass(frozen=True)
 class World:
-    """An organization signed up through the SDK, and its owner's key."""
+    """An organization signed up through the SDK, and its owner's key; and an operator
+    organization's owner (admin:* scopes) on the same server."""
 
     owner: Sdk
     organization_id: uuid.UUID
     user_id: uuid.UUID
     api_key_id: uuid.UUID
+    operator: Sdk
 
 
 def _sign_up(anonymous: Sdk, organization: str) -> SignupResult:
@@ -70,20 +110,35 @@ def _sign_up(anonymous: Sdk, organization: str) -> SignupResult:
     return result
 
 
+def _operator_of(database_url: str) -> str:
+    """An operator organization in the database at `database_url` (another process's): its
+    owner's key. The engine lives just for this."""
+    engine = make_engine(database_url)
+    try:
+        return make_operator(make_session_factory(engine), "SDK Operations")[1]
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture(scope="module", params=["sync", "async"])
 def world(request: pytest.FixtureRequest, contract_app: HangarApp) -> Iterator[World]:
     if request.param == "sync":
-        target = Target(str(request.getfixturevalue("live_server")))
+        server = request.getfixturevalue("live_server")
+        target = Target(str(server))
+        operator_secret = _operator_of(server.database_url)
     else:
         loop = asyncio.new_event_loop()
         request.addfinalizer(loop.close)
+        # No lifespan through ASGITransport: the stage's own (conftest `served`) runs the saga.
         target = Target("http://testserver", {"transport": httpx.ASGITransport(app=contract_app)}, loop)
+        operator_secret = make_operator(contract_app.runtime.sessions, "SDK Operations")[1]
     signed_up = _sign_up(Sdk(request.param, target), "SDK Round Trip")
     yield World(
         owner=Sdk(request.param, target, signed_up.secret),
         organization_id=signed_up.organization.id,
         user_id=signed_up.user.id,
         api_key_id=signed_up.api_key.id,
+        operator=Sdk(request.param, target, operator_secret),
     )
 
 
@@ -311,3 +366,503 @@ def _revoke_api_key(w: World) -> None:
     assert w.owner.call("revokeApiKey", created.api_key.id) is None
     assert w.owner.call("getApiKey", created.api_key.id).status is ApiKeyStatus.REVOKED
     _problem(w.owner.as_key(created.secret), 401, "getMe")
+
+
+# -- compute: helpers ---------------------------------------------------------------------------
+
+LAUNCH_REGION, LAUNCH_TYPE, LAUNCH_IMAGE = "fra1", "cpu-1", "ubuntu-24.04"
+
+
+def _instance_name() -> str:
+    return f"rt-{uuid.uuid4().hex[:10]}"
+
+
+def _launch(w: World, **overrides: str) -> InstanceLaunch:
+    fields = {"region": LAUNCH_REGION, "instance_type": LAUNCH_TYPE, "image": LAUNCH_IMAGE, **overrides}
+    launched = w.owner.call("createInstance", body=InstanceCreate(name=_instance_name(), **fields))
+    assert isinstance(launched, InstanceLaunch)
+    assert isinstance(launched.instance, Instance) and isinstance(launched.action, Action)
+    return launched
+
+
+def _running(w: World) -> Instance:
+    """A fresh instance, awaited (the create action) until it runs."""
+    launched = _launch(w)
+    action = w.owner.wait_for_action(launched.action.id)
+    assert action.status is ActionStatus.SUCCEEDED
+    instance = w.owner.call("getInstance", launched.instance.id)
+    assert isinstance(instance, Instance)
+    assert instance.state is InstanceState.RUNNING and not instance.locked
+    return instance
+
+
+def _act(w: World, instance_id: uuid.UUID, kind: InstanceActionRequestType) -> Action:
+    action = w.owner.call("createInstanceAction", instance_id, body=InstanceActionRequest(type_=kind))
+    assert isinstance(action, Action) and action.instance_id == instance_id
+    return action
+
+
+def _settled(w: World, instance_id: uuid.UUID) -> Instance:
+    """The instance once no action holds it (whatever state that leaves it in)."""
+    deadline = time.monotonic() + WAIT_TIMEOUT
+    while True:
+        instance = w.owner.call("getInstance", instance_id)
+        assert isinstance(instance, Instance)
+        if not instance.locked:
+            return instance
+        assert time.monotonic() < deadline, f"instance {instance_id} still {instance.state} (locked)"
+        time.sleep(0.02)
+
+
+def _dispose(w: World, instance_id: uuid.UUID) -> None:
+    """Terminate one of the round trip's instances and wait until its capacity is released."""
+    if _settled(w, instance_id).state is InstanceState.TERMINATED:
+        return
+    action = w.owner.call("terminateInstance", instance_id)
+    assert isinstance(action, Action)
+    w.owner.wait_for_action(action.id)
+
+
+def _locked_out(w: World, act: Callable[[uuid.UUID], Response[Any]]) -> Problem:
+    """`act` on an instance whose create action is still in flight: the documented 409
+    `resource-locked`, as a typed Problem. (Creating takes a few simulated host steps; should
+    one finish before the request lands, the request succeeds, and a fresh launch is tried.)"""
+    for _ in range(5):
+        launched = _launch(w)
+        assert launched.instance.locked
+        response = act(launched.instance.id)
+        _dispose(w, launched.instance.id)
+        if response.status_code == 409:
+            problem = response.parsed
+            assert isinstance(problem, Problem) and problem.status == 409 and problem.request_id
+            assert problem.type_.endswith("/resource-locked"), problem.type_
+            return problem
+        assert response.status_code == 202, response.content
+    raise AssertionError("the create action finished before every request: no 409 resource-locked seen")
+
+
+def _walk(fetch: Callable[[str | Unset], Any]) -> list[Any]:
+    """Every item of a listing, following next_cursor until it is null."""
+    items: list[Any] = []
+    cursor: str | Unset = UNSET
+    while True:
+        page = fetch(cursor)
+        items.extend(page.data)
+        if not isinstance(page.next_cursor, str):
+            return items
+        cursor = page.next_cursor
+
+
+def _host_name() -> str:
+    return f"rt-{uuid.uuid4().hex[:16]}"
+
+
+def _create_host(w: World, region: str = "ams1", zone: str | None = None, **inventory: Any) -> Host:
+    """A host of the round trip's own (the seeded fleet is left alone): CPU-only by default."""
+    vcpu = {"total": 64, "reserved": 2, "allocation_ratio": 2.0, **inventory}
+    body = HostCreate(
+        name=_host_name(),
+        region=region,
+        zone=zone or f"{region}-b",
+        traits=["ssd", "nvme"],
+        inventories=[
+            InventoryCreate(resource_class=ResourceClass.VCPU, **vcpu),
+            InventoryCreate(resource_class=ResourceClass.MEMORY_MB, total=262144),
+            InventoryCreate(resource_class=ResourceClass.DISK_GB, total=2000, reserved=100),
+        ],
+    )
+    host = w.operator.call("createHost", body=body)
+    assert isinstance(host, Host)
+    return host
+
+
+def _inventory(host: Host, resource_class: ResourceClass) -> Any:
+    (found,) = [inv for inv in host.inventories if inv.resource_class is resource_class]
+    return found
+
+
+def _region_report(w: World, region: str) -> RegionCapacity:
+    report = w.operator.call("getCapacityReport", region=region)
+    assert isinstance(report, CapacityReport) and isinstance(report.generated_at, dt.datetime)
+    (entry,) = report.regions
+    assert isinstance(entry, RegionCapacity) and entry.region == region
+    return entry
+
+
+def _resource(entry: RegionCapacity, resource_class: ResourceClass) -> ResourceCapacity:
+    (found,) = [r for r in entry.resources if r.resource_class is resource_class]
+    assert isinstance(found, ResourceCapacity)
+    return found
+
+
+# -- compute: the public catalogue --------------------------------------------------------------
+
+
+@roundtrip("listRegions")
+def _list_regions(w: World) -> None:
+    anonymous = w.owner.as_key(None)
+    regions = _walk(lambda cursor: anonymous.call("listRegions", limit=1, cursor=cursor))
+    assert all(isinstance(region, Region) for region in regions)
+    slugs = [region.slug for region in regions]
+    assert slugs == sorted(set(slugs)) and {"fra1", "ams1", "nyc1"} <= set(slugs)
+    for region in regions:
+        assert region.zones and all(zone.startswith(region.slug + "-") for zone in region.zones)
+    page = anonymous.call("listRegions")
+    assert isinstance(page, RegionList) and [r.slug for r in page.data] == slugs
+
+
+@roundtrip("listInstanceTypes")
+def _list_instance_types(w: World) -> None:
+    anonymous = w.owner.as_key(None)
+    kinds = {k.slug: k for k in _walk(lambda cursor: anonymous.call("listInstanceTypes", limit=2, cursor=cursor))}
+    assert all(isinstance(kind, InstanceType) for kind in kinds.values())
+    cpu = kinds[LAUNCH_TYPE]
+    assert (cpu.vcpus, cpu.gpus, cpu.gpu_model, cpu.currency) == (1, 0, None, "USD")
+    assert all(isinstance(a, RegionAvailability) for a in cpu.availability)
+    # Launchable now: the fleet has room for one in the region the round trips launch in.
+    assert {a.region: a.available for a in cpu.availability}[LAUNCH_REGION] is True
+    h100 = kinds["gpu-h100x1"]
+    assert h100.gpus == 1 and h100.gpu_model == "h100"
+    # The region filter: only the types offered there.
+    in_ams1 = anonymous.call("listInstanceTypes", region="ams1")
+    assert isinstance(in_ams1, InstanceTypeList) and in_ams1.data
+    assert all("ams1" in {a.region for a in kind.availability} for kind in in_ams1.data)
+    assert "gpu-h100x1" not in {kind.slug for kind in in_ams1.data}  # offered in fra1 and nyc1 only
+    assert anonymous.call("listInstanceTypes", region="nowhere1").data == []
+
+
+@roundtrip("listImages")
+def _list_images(w: World) -> None:
+    anonymous = w.owner.as_key(None)
+    images = {i.slug: i for i in _walk(lambda cursor: anonymous.call("listImages", limit=2, cursor=cursor))}
+    assert all(isinstance(image, Image) for image in images.values())
+    ubuntu = images[LAUNCH_IMAGE]
+    assert (ubuntu.os_family, ubuntu.gpu_ready, ubuntu.status) == ("ubuntu", False, ImageStatus.ACTIVE)
+    assert images["pytorch-2.5-cuda12"].gpu_ready is True
+    page = anonymous.call("listImages", limit=200)
+    assert isinstance(page, ImageList) and page.next_cursor is None and len(page.data) == len(images)
+
+
+# -- compute: instances and actions -------------------------------------------------------------
+
+
+@roundtrip("createInstance")
+def _create_instance(w: World) -> None:
+    launched = _launch(w)
+    instance, action = launched.instance, launched.action
+    assert instance.state is InstanceState.PENDING and instance.locked
+    assert (instance.region, instance.instance_type, instance.image) == (LAUNCH_REGION, LAUNCH_TYPE, LAUNCH_IMAGE)
+    assert (instance.vcpus, instance.gpus, instance.launched_at) == (1, 0, None)
+    assert (action.type_, action.status, action.instance_id) == (ActionType.CREATE, ActionStatus.QUEUED, instance.id)
+    done = w.owner.wait_for_action(action.id)
+    assert done.status is ActionStatus.SUCCEEDED and done.progress == 100 and done.error is None
+    assert isinstance(done.completed_at, dt.datetime)
+    running = w.owner.wait_for_instance(instance.id, "running")
+    assert running.state is InstanceState.RUNNING and running.zone and running.zone.startswith(LAUNCH_REGION)
+    assert isinstance(running.launched_at, dt.datetime)
+    # Retried with the same Idempotency-Key, a launch launches once.
+    key = f"rt-{uuid.uuid4()}"
+    body = InstanceCreate(name=_instance_name(), region=LAUNCH_REGION, instance_type=LAUNCH_TYPE, image=LAUNCH_IMAGE)
+    first = w.owner.call("createInstance", body=body, idempotency_key=key)
+    again = w.owner.call("createInstance", body=body, idempotency_key=key)
+    assert isinstance(first, InstanceLaunch) and isinstance(again, InstanceLaunch)
+    assert (again.instance.id, again.action.id) == (first.instance.id, first.action.id)
+    # The catalogue's rules, as typed problems naming the field.
+    unknown = _problem(
+        w.owner,
+        422,
+        "createInstance",
+        body=InstanceCreate(name="nowhere", region="nowhere1", instance_type=LAUNCH_TYPE, image=LAUNCH_IMAGE),
+    )
+    assert unknown.type_.endswith("/unknown-region")
+    not_offered = _problem(
+        w.owner,
+        422,
+        "createInstance",
+        body=InstanceCreate(name="gpu", region="ams1", instance_type="gpu-h100x1", image="pytorch-2.5-cuda12"),
+    )
+    assert not_offered.type_.endswith("/instance-type-not-offered")
+    for launched_id in (instance.id, first.instance.id):
+        _dispose(w, launched_id)
+
+
+@roundtrip("getInstance")
+def _get_instance(w: World) -> None:
+    instance = _running(w)
+    got = w.owner.call("getInstance", instance.id)
+    assert isinstance(got, Instance) and (got.id, got.name, got.state) == (instance.id, instance.name, instance.state)
+    assert isinstance(got.created_at, dt.datetime) and got.terminated_at is None
+    _problem(w.owner, 404, "getInstance", uuid.uuid4())
+    _dispose(w, instance.id)
+
+
+@roundtrip("listInstances")
+def _list_instances(w: World) -> None:
+    older, newer = _running(w), _running(w)
+    listed = _walk(lambda cursor: w.owner.call("listInstances", limit=1, cursor=cursor))
+    assert all(isinstance(instance, Instance) for instance in listed)
+    ids = [instance.id for instance in listed]
+    assert len(ids) == len(set(ids))
+    assert ids.index(newer.id) < ids.index(older.id)  # newest first
+    running = w.owner.call("listInstances", state=InstanceState.RUNNING, region=LAUNCH_REGION, limit=200)
+    assert isinstance(running, InstanceList) and {older.id, newer.id} <= {i.id for i in running.data}
+    assert all(i.state is InstanceState.RUNNING and i.region == LAUNCH_REGION for i in running.data)
+    _dispose(w, older.id)
+    terminated = w.owner.call("listInstances", state=InstanceState.TERMINATED, limit=200)
+    assert older.id in {i.id for i in terminated.data}  # terminated instances stay listed
+    assert newer.id not in {i.id for i in terminated.data}
+    _dispose(w, newer.id)
+
+
+@roundtrip("terminateInstance")
+def _terminate_instance(w: World) -> None:
+    instance = _running(w)
+    action = w.owner.call("terminateInstance", instance.id)
+    assert isinstance(action, Action)
+    assert (action.type_, action.instance_id) == (ActionType.TERMINATE, instance.id)
+    # Idempotent: terminating again answers with the same action.
+    again = w.owner.call("terminateInstance", instance.id)
+    assert isinstance(again, Action) and again.id == action.id
+    assert w.owner.wait_for_action(action.id).status is ActionStatus.SUCCEEDED
+    gone = w.owner.wait_for_instance(instance.id, "terminated")
+    assert gone.state is InstanceState.TERMINATED and isinstance(gone.terminated_at, dt.datetime)
+    assert w.owner.call("terminateInstance", instance.id).id == action.id  # still the same action
+    _problem(w.owner, 404, "terminateInstance", uuid.uuid4())
+    # While the create action runs, the instance is locked.
+    problem = _locked_out(w, lambda instance_id: w.owner.detailed("terminateInstance", instance_id))
+    assert "locked" in problem.detail
+
+
+@roundtrip("createInstanceAction")
+def _create_instance_action(w: World) -> None:
+    instance = _running(w)
+    stop = _act(w, instance.id, InstanceActionRequestType.STOP)
+    assert (stop.type_, stop.status) == (ActionType.STOP, ActionStatus.QUEUED)
+    assert w.owner.wait_for_action(stop.id).status is ActionStatus.SUCCEEDED
+    assert w.owner.wait_for_instance(instance.id, "stopped").state is InstanceState.STOPPED
+    # An action the state does not allow: stopping a stopped instance.
+    invalid = _problem(
+        w.owner, 409, "createInstanceAction", instance.id, body=InstanceActionRequest(InstanceActionRequestType.STOP)
+    )
+    assert invalid.type_.endswith("/invalid-state")
+    start = _act(w, instance.id, InstanceActionRequestType.START)
+    assert start.type_ is ActionType.START and w.owner.wait_for_action(start.id).status is ActionStatus.SUCCEEDED
+    reboot = _act(w, instance.id, InstanceActionRequestType.REBOOT)
+    assert reboot.type_ is ActionType.REBOOT and w.owner.wait_for_action(reboot.id).status is ActionStatus.SUCCEEDED
+    assert w.owner.call("getInstance", instance.id).state is InstanceState.RUNNING
+    _problem(
+        w.owner, 404, "createInstanceAction", uuid.uuid4(), body=InstanceActionRequest(InstanceActionRequestType.STOP)
+    )
+    # While another action runs (the create), the instance is locked.
+    _locked_out(
+        w,
+        lambda instance_id: w.owner.detailed(
+            "createInstanceAction", instance_id, body=InstanceActionRequest(InstanceActionRequestType.STOP)
+        ),
+    )
+    _dispose(w, instance.id)
+
+
+@roundtrip("listInstanceActions")
+def _list_instance_actions(w: World) -> None:
+    instance = _running(w)
+    for kind in (InstanceActionRequestType.STOP, InstanceActionRequestType.START):
+        w.owner.wait_for_action(_act(w, instance.id, kind).id)
+    actions = _walk(lambda cursor: w.owner.call("listInstanceActions", instance.id, limit=1, cursor=cursor))
+    assert all(isinstance(action, Action) and action.instance_id == instance.id for action in actions)
+    # Newest first, every one finished.
+    assert [a.type_ for a in actions] == [ActionType.START, ActionType.STOP, ActionType.CREATE]
+    assert all(a.status is ActionStatus.SUCCEEDED for a in actions)
+    page = w.owner.call("listInstanceActions", instance.id)
+    assert isinstance(page, ActionList) and [a.id for a in page.data] == [a.id for a in actions]
+    _problem(w.owner, 404, "listInstanceActions", uuid.uuid4())
+    _dispose(w, instance.id)
+
+
+@roundtrip("getAction")
+def _get_action(w: World) -> None:
+    launched = _launch(w)
+    action = w.owner.call("getAction", launched.action.id)
+    assert isinstance(action, Action)
+    assert (action.id, action.type_, action.instance_id) == (
+        launched.action.id,
+        ActionType.CREATE,
+        launched.instance.id,
+    )
+    done = w.owner.wait_for_action(action.id)
+    assert done.status is ActionStatus.SUCCEEDED and done.progress == 100
+    assert isinstance(done.started_at, dt.datetime) and isinstance(done.completed_at, dt.datetime)
+    assert done.created_at <= done.started_at <= done.completed_at
+    _problem(w.owner, 404, "getAction", uuid.uuid4())
+    _dispose(w, launched.instance.id)
+
+
+# -- compute: the operator API ------------------------------------------------------------------
+
+
+@roundtrip("createHost")
+def _create_host_roundtrip(w: World) -> None:
+    host = _create_host(w, region="nyc1", zone="nyc1-c")
+    assert (host.region, host.zone, host.state) == ("nyc1", "nyc1-c", HostState.ACTIVE)
+    assert host.traits == ["nvme", "ssd"] and host.allocations == 0
+    assert [inv.resource_class for inv in host.inventories] == [
+        ResourceClass.VCPU,
+        ResourceClass.MEMORY_MB,
+        ResourceClass.DISK_GB,
+    ]
+    vcpu = _inventory(host, ResourceClass.VCPU)
+    assert (vcpu.total, vcpu.reserved, vcpu.allocation_ratio, vcpu.capacity, vcpu.used) == (64, 2, 2.0, 124, 0)
+    assert w.operator.call("getHost", host.id).name == host.name
+    taken = HostCreate(
+        name=host.name,
+        region="nyc1",
+        zone="nyc1-a",
+        inventories=[InventoryCreate(resource_class=ResourceClass.VCPU, total=8)],
+    )
+    assert _problem(w.operator, 409, "createHost", body=taken).type_.endswith("/host-name-taken")
+    elsewhere = HostCreate(
+        name=_host_name(),
+        region="nyc1",
+        zone="fra1-a",
+        inventories=[InventoryCreate(resource_class=ResourceClass.VCPU, total=8)],
+    )
+    assert _problem(w.operator, 422, "createHost", body=elsewhere).type_.endswith("/unknown-zone")
+    # A tenant, however privileged in its own organization, cannot reach the operator API.
+    _problem(w.owner, 403, "createHost", body=taken)
+    # The largest inventory the spec allows: its capacity, 1e8 × 16, fits what the server
+    # stores on either database.
+    largest = InventoryCreate(resource_class=ResourceClass.GPU, total=100_000_000, allocation_ratio=16.0)
+    big = w.operator.call(
+        "createHost", body=HostCreate(name=_host_name(), region="nyc1", zone="nyc1-b", inventories=[largest])
+    )
+    assert isinstance(big, Host) and _inventory(big, ResourceClass.GPU).capacity == 1_600_000_000
+
+
+@roundtrip("getHost")
+def _get_host(w: World) -> None:
+    host = _create_host(w)
+    got = w.operator.call("getHost", host.id)
+    assert isinstance(got, Host)
+    assert (got.id, got.name, got.generation, got.traits) == (host.id, host.name, host.generation, host.traits)
+    assert [(i.resource_class, i.total, i.capacity) for i in got.inventories] == [
+        (i.resource_class, i.total, i.capacity) for i in host.inventories
+    ]
+    _problem(w.operator, 404, "getHost", uuid.uuid4())
+    _problem(w.owner, 403, "getHost", host.id)
+
+
+@roundtrip("listHosts")
+def _list_hosts(w: World) -> None:
+    ours = {_create_host(w, region="ams1").id, _create_host(w, region="ams1").id}
+    hosts = _walk(lambda cursor: w.operator.call("listHosts", region="ams1", limit=50, cursor=cursor))
+    assert all(isinstance(host, Host) and host.region == "ams1" for host in hosts)
+    names = [host.name for host in hosts]
+    assert names == sorted(names) and len(set(names)) == len(names)  # by name, each once
+    assert ours <= {host.id for host in hosts}
+    drained = w.operator.call("drainHost", min(ours))
+    draining = w.operator.call("listHosts", region="ams1", state=HostState.DRAINING, limit=200)
+    assert isinstance(draining, HostList) and drained.id in {h.id for h in draining.data}
+    assert all(h.state is HostState.DRAINING for h in draining.data)
+    active = _walk(lambda cursor: w.operator.call("listHosts", state=HostState.ACTIVE, limit=200, cursor=cursor))
+    assert max(ours) in {h.id for h in active} and drained.id not in {h.id for h in active}
+
+
+@roundtrip("updateHostInventory")
+def _update_host_inventory(w: World) -> None:
+    host = _create_host(w)
+    seen = host.generation
+    updated = w.operator.call(
+        "updateHostInventory",
+        host.id,
+        ResourceClass.VCPU,
+        body=InventoryUpdate(total=32, reserved=0, allocation_ratio=4.0, generation=seen),
+    )
+    assert isinstance(updated, Host) and updated.generation > seen
+    vcpu = _inventory(updated, ResourceClass.VCPU)
+    assert (vcpu.total, vcpu.reserved, vcpu.capacity) == (32, 0, 128)
+    assert _inventory(w.operator.call("getHost", host.id), ResourceClass.VCPU).total == 32
+    # The generation read before is stale now: a conditional write is refused.
+    stale = _problem(
+        w.operator,
+        409,
+        "updateHostInventory",
+        host.id,
+        ResourceClass.VCPU,
+        body=InventoryUpdate(total=16, generation=seen),
+    )
+    assert stale.type_.endswith("/concurrent-update")
+    # A class the host has none of yet: created; without a generation, written unconditionally.
+    with_gpu = w.operator.call("updateHostInventory", host.id, ResourceClass.GPU, body=InventoryUpdate(total=8))
+    assert _inventory(with_gpu, ResourceClass.GPU).total == 8 and with_gpu.generation > updated.generation
+    invalid = _problem(
+        w.operator, 422, "updateHostInventory", host.id, ResourceClass.GPU, body=InventoryUpdate(total=2, reserved=3)
+    )
+    assert invalid.type_.endswith("/invalid-inventory")
+    _problem(w.operator, 404, "updateHostInventory", uuid.uuid4(), ResourceClass.VCPU, body=InventoryUpdate(total=1))
+
+
+@roundtrip("drainHost")
+def _drain_host(w: World) -> None:
+    host = _create_host(w)
+    drained = w.operator.call("drainHost", host.id)
+    assert isinstance(drained, Host) and drained.state is HostState.DRAINING and drained.generation > host.generation
+    again = w.operator.call("drainHost", host.id)  # idempotent
+    assert again.state is HostState.DRAINING and again.generation == drained.generation
+    assert w.operator.call("getHost", host.id).state is HostState.DRAINING
+    _problem(w.operator, 404, "drainHost", uuid.uuid4())
+
+
+@roundtrip("markHostDown")
+def _mark_host_down(w: World) -> None:
+    host = _create_host(w)
+    down = w.operator.call("markHostDown", host.id)
+    assert isinstance(down, Host) and down.state is HostState.DOWN
+    assert w.operator.call("markHostDown", host.id).generation == down.generation  # idempotent
+    assert w.operator.call("getHost", host.id).state is HostState.DOWN
+    _problem(w.operator, 404, "markHostDown", uuid.uuid4())
+
+
+@roundtrip("activateHost")
+def _activate_host(w: World) -> None:
+    host = _create_host(w)
+    w.operator.call("markHostDown", host.id)
+    active = w.operator.call("activateHost", host.id)
+    assert isinstance(active, Host) and active.state is HostState.ACTIVE
+    assert w.operator.call("activateHost", host.id).generation == active.generation  # idempotent
+    assert w.operator.call("getHost", host.id).state is HostState.ACTIVE
+    _problem(w.operator, 404, "activateHost", uuid.uuid4())
+
+
+@roundtrip("getCapacityReport")
+def _get_capacity_report(w: World) -> None:
+    report = w.operator.call("getCapacityReport")
+    assert isinstance(report, CapacityReport)
+    assert {"fra1", "ams1", "nyc1"} <= {entry.region for entry in report.regions}
+    for entry in report.regions:
+        assert {r.resource_class for r in entry.resources} == set(ResourceClass)
+    # A host of known size in a region moves the region's numbers by exactly that; its state
+    # moves the host counts. (`used` and `free` are left alone: instances come and go.)
+    before = _region_report(w, "nyc1")
+    host = _create_host(w, region="nyc1", total=100, reserved=4, allocation_ratio=2.0)
+    added = _region_report(w, "nyc1")
+    assert (added.hosts_active, added.hosts_draining, added.hosts_down) == (
+        before.hosts_active + 1,
+        before.hosts_draining,
+        before.hosts_down,
+    )
+    grown = _resource(added, ResourceClass.VCPU)
+    was = _resource(before, ResourceClass.VCPU)
+    assert (grown.total, grown.reserved, grown.capacity) == (was.total + 100, was.reserved + 4, was.capacity + 192)
+    w.operator.call("drainHost", host.id)
+    drained = _region_report(w, "nyc1")
+    assert (drained.hosts_active, drained.hosts_draining) == (before.hosts_active, before.hosts_draining + 1)
+    assert _resource(drained, ResourceClass.VCPU).total == was.total + 100  # draining hosts still count
+    w.operator.call("markHostDown", host.id)
+    down = _region_report(w, "nyc1")
+    assert (down.hosts_draining, down.hosts_down) == (before.hosts_draining, before.hosts_down + 1)
+    # `total`, `reserved` and `capacity` are Σ over active and draining hosts: one that is down
+    # is out of the fleet.
+    gone = _resource(down, ResourceClass.VCPU)
+    assert (gone.total, gone.reserved, gone.capacity) == (was.total, was.reserved, was.capacity)
+    assert _problem(w.operator, 404, "getCapacityReport", region="nowhere1").status == 404
+    _problem(w.owner, 403, "getCapacityReport")

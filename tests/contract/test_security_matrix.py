@@ -4,13 +4,19 @@ against every way a caller can be wrong.
 - public operations answer without a key;
 - secured operations: no credentials, a malformed, unknown, tampered, revoked or expired
   key → 401 problem; a key holding every scope but a required one → 403 problem naming it;
+- the operator operations (admin:* scopes) → 403 for a tenant's owner holding every scope
+  a tenant can hold;
 - another tenant's id in each path parameter (alone, and all at once) → 404 problem that
   carries nothing of the other tenant's, and leaves the other tenant's data as it was;
 - and a control: the same request with the right key succeeds, so the denials above are
   about who is asking, not about a malformed request.
 
-Request bodies are built from the spec's examples (support.ExampleBuilder). A new path
-parameter needs a provisioner in PROVISION below; the matrix fails until it has one.
+Who asks: `us` is an operator organization (the only kind whose owner can hold every scope,
+admin:* included, so every 403 and every control can be tried), `them` a plain tenant.
+
+Request bodies are built from the spec's examples (support.ExampleBuilder), or by BODIES
+where an example cannot succeed as it stands. A new path parameter needs a provisioner in
+PROVISION below; the matrix fails until it has one.
 """
 
 from __future__ import annotations
@@ -31,15 +37,36 @@ from handlers.identity.tables import ApiKey
 from hangar.db import utcnow
 from hangar.dispatch import HangarApp
 
-from .support import PASSWORD, ExampleBuilder, Tenant, bearer, load_spec, sign_up, unique_email
+from .support import (
+    PASSWORD,
+    ExampleBuilder,
+    Tenant,
+    bearer,
+    load_spec,
+    operator,
+    running_instance,
+    sign_up,
+    unique_email,
+)
 
 SPEC = load_spec()
 ALL_SCOPES = tuple(SPEC["components"]["schemas"]["Scope"]["enum"])
+ADMIN_SCOPES = frozenset(scope for scope in ALL_SCOPES if scope.startswith("admin:"))
 SECURED = sorted(op_id for op_id, op in OPERATIONS.items() if not op.public)
 PUBLIC = sorted(op_id for op_id, op in OPERATIONS.items() if op.public)
+ADMIN = sorted(op_id for op_id in SECURED if ADMIN_SCOPES & set(OPERATIONS[op_id].scopes))
 SCOPED = [(op_id, scope) for op_id in SECURED for scope in OPERATIONS[op_id].scopes]
+# Path parameters naming platform-global things, not a tenant's: hosts are the platform's
+# fleet (every operator sees every host) and a resource class is a word of the inventory
+# model. There is no "another tenant's host" for a 404 to hide, so these parameters are left
+# out of the cross-tenant tests; who may name them at all is the admin:* scopes' business
+# (test_a_tenant_owner_is_refused_every_operator_operation).
+PLATFORM_GLOBAL = frozenset({"hostId", "resourceClass"})
 WITH_PATH_PARAMS = [
-    (op_id, param.name) for op_id in SECURED for param in OPERATIONS[op_id].params if param.location == "path"
+    (op_id, param.name)
+    for op_id in SECURED
+    for param in OPERATIONS[op_id].params
+    if param.location == "path" and param.name not in PLATFORM_GLOBAL
 ]
 
 
@@ -80,28 +107,66 @@ class Party:
         body = response.json()
         return str(body["api_key"]["id"]), str(body["secret"])
 
+    def launch(self) -> dict[str, Any]:
+        """createInstance's answer for a fresh instance, waited for until it runs: the
+        controls stop and terminate it, which a pending (locked) instance refuses; and a
+        settled instance keeps still while the isolation tests compare its state."""
+        return running_instance(self.http, self.tenant.headers, name=f"i-{uuid.uuid4().hex[:12]}")
+
+    def host(self) -> str:
+        """A fresh host (the party must be an operator)."""
+        response = self.http.post("/v1/admin/hosts", json=_fresh_host(self, {}), headers=self.tenant.headers)
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
+
+    def host_generation(self, host_id: str) -> int:
+        response = self.http.get(f"/v1/admin/hosts/{host_id}", headers=self.tenant.headers)
+        assert response.status_code == 200, response.text
+        return int(response.json()["generation"])
+
 
 # How to get an id for each path parameter the spec uses, fresh, in a given party.
 PROVISION: dict[str, Callable[[Party], str]] = {
     "organizationId": lambda party: party.tenant.organization_id,
     "memberId": lambda party: party.invite(),
     "apiKeyId": lambda party: party.create_key()[0],
+    "instanceId": lambda party: str(party.launch()["instance"]["id"]),
+    "actionId": lambda party: str(party.launch()["action"]["id"]),  # the create action, succeeded
+    "hostId": lambda party: party.host(),
+    # Every host party.host() makes has a VCPU inventory (the example's).
+    "resourceClass": lambda party: "VCPU",
 }
 
 
-# Public operations whose example body cannot succeed on its own (it names state that must
-# exist first): how to make a body that can, in a given party.
-PUBLIC_BODIES: dict[str, Callable[[Party], dict[str, Any]]] = {
-    "acceptInvitation": lambda party: {
+def _fresh_host(party: Party, ids: dict[str, str]) -> dict[str, Any]:
+    # The example, under a name nobody has taken (a taken name is a 409).
+    return {**ExampleBuilder(SPEC).body("createHost"), "name": f"matrix-{uuid.uuid4().hex[:16]}"}
+
+
+# Operations whose example body cannot succeed as it stands (it names state that must exist
+# first, or must be fresh): how to make one that can, for a given party and path ids.
+BODIES: dict[str, Callable[[Party, dict[str, str]], Any]] = {
+    "acceptInvitation": lambda party, ids: {
         "token": party.invitation()["invitation_token"],
         "password": PASSWORD,
+    },
+    "createHost": _fresh_host,
+    # The example's `generation` is whatever the spec says; the host's is read just before.
+    "updateHostInventory": lambda party, ids: {
+        **ExampleBuilder(SPEC).body("updateHostInventory"),
+        "generation": party.host_generation(ids["hostId"]),
     },
 }
 
 
+def _body(op_id: str, party: Party, ids: dict[str, str]) -> Any:
+    make = BODIES.get(op_id)
+    return make(party, ids) if make is not None else ExampleBuilder(SPEC).body(op_id)
+
+
 @pytest.fixture(scope="module")
-def us(http: TestClient) -> Party:
-    return Party(http, sign_up(http, "Initech"))
+def us(http: TestClient, contract_app: HangarApp) -> Party:
+    return Party(http, operator(http, contract_app.runtime.sessions, "Initech Operations"))
 
 
 @pytest.fixture(scope="module")
@@ -111,22 +176,28 @@ def them(http: TestClient) -> Party:
 
 
 def _request(
-    http: TestClient, op_id: str, params: dict[str, str], headers: dict[str, str], body: Any = None
+    http: TestClient, op_id: str, params: dict[str, str], headers: dict[str, str], body: Any
 ) -> httpx.Response:
     op = OPERATIONS[op_id]
     missing = [name for name in _path_params(op) if name not in params]
     assert not missing, f"{op_id}: no value for path parameter(s) {missing}"
     path = op.path.format(**params)
-    if body is None:
-        body = ExampleBuilder(SPEC).body(op_id)
     return http.request(op.method, path, json=body, headers=headers)
 
 
-def _ids_for(op_id: str, party: Party) -> dict[str, str]:
+def _send(us: Party, op_id: str, params: dict[str, str], headers: dict[str, str]) -> httpx.Response:
+    """The operation's request as `us` would make it (ids and body), with these headers."""
+    return _request(us.http, op_id, params, headers, _body(op_id, us, params))
+
+
+def _ids_for(op_id: str, party: Party, tenant: Party | None = None) -> dict[str, str]:
+    """Fresh ids for the operation's path parameters, made by `party`; with `tenant`, the
+    tenant-owned ones made by `tenant` instead (platform-global ones stay `party`'s)."""
     params = {}
     for name in _path_params(OPERATIONS[op_id]):
         assert name in PROVISION, f"{op_id}: path parameter {name!r} has no provisioner in PROVISION"
-        params[name] = PROVISION[name](party)
+        maker = tenant if tenant is not None and name not in PLATFORM_GLOBAL else party
+        params[name] = PROVISION[name](maker)
     return params
 
 
@@ -144,14 +215,13 @@ def _assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("op_id", PUBLIC)
-def test_public_operation_needs_no_key(http: TestClient, us: Party, op_id: str) -> None:
-    make_body = PUBLIC_BODIES.get(op_id)
-    response = _request(http, op_id, {}, {}, make_body(us) if make_body else None)
+def test_public_operation_needs_no_key(us: Party, op_id: str) -> None:
+    response = _send(us, op_id, {}, {})
     assert response.status_code == OPERATIONS[op_id].success_status, response.text
 
 
-def test_signup_key_works_at_once(http: TestClient) -> None:
-    response = _request(http, "signUp", {}, {})
+def test_signup_key_works_at_once(http: TestClient, us: Party) -> None:
+    response = _send(us, "signUp", {}, {})
     assert response.status_code == 201, response.text
     assert http.get("/v1/me", headers=bearer(response.json()["secret"])).status_code == 200
 
@@ -200,7 +270,7 @@ def test_secured_operation_rejects_bad_credentials(
     us: Party, contract_app: HangarApp, op_id: str, credential: str
 ) -> None:
     headers = BAD_CREDENTIALS[credential](us, contract_app)
-    response = _request(us.http, op_id, _ids_for(op_id, us), headers)
+    response = _send(us, op_id, _ids_for(op_id, us), headers)
     _assert_problem(response, 401)
     assert response.headers["www-authenticate"].lower().startswith("bearer")
 
@@ -211,32 +281,53 @@ def test_secured_operation_rejects_bad_credentials(
 @pytest.mark.parametrize(("op_id", "scope"), SCOPED, ids=[f"{op}-{scope}" for op, scope in SCOPED])
 def test_key_without_a_required_scope_is_forbidden(us: Party, op_id: str, scope: str) -> None:
     _, secret = us.create_key(tuple(s for s in ALL_SCOPES if s != scope))
-    response = _request(us.http, op_id, _ids_for(op_id, us), bearer(secret))
+    response = _send(us, op_id, _ids_for(op_id, us), bearer(secret))
     problem = _assert_problem(response, 403)
     assert scope in problem["detail"]
 
 
 def test_every_scope_in_the_spec_is_grantable(us: Party) -> None:
-    # The 403 matrix creates keys with all scopes but one; that presumes the owner holds them all.
+    # The 403 matrix creates keys with all scopes but one; that presumes the owner holds them
+    # all (an operator's owner does; a tenant's never holds admin:*, see below).
     _, secret = us.create_key(ALL_SCOPES)
     me = us.http.get("/v1/me", headers=bearer(secret)).json()
     assert sorted(me["api_key"]["scopes"]) == sorted(ALL_SCOPES)
 
 
+def test_a_tenant_owner_holds_every_scope_but_the_operators(them: Party) -> None:
+    me = them.http.get("/v1/me", headers=them.tenant.headers).json()
+    assert me["role"] == "owner"
+    assert sorted(me["api_key"]["scopes"]) == sorted(set(ALL_SCOPES) - ADMIN_SCOPES)
+
+
+@pytest.mark.parametrize("op_id", ADMIN)
+def test_a_tenant_owner_is_refused_every_operator_operation(us: Party, them: Party, op_id: str) -> None:
+    """The operator API is out of reach of any tenant, however powerful within its own
+    organization: its owner's key (every tenant scope) gets 403 naming the admin scope, for
+    the very request that succeeds for an operator (the control below)."""
+    response = _send(us, op_id, _ids_for(op_id, us), them.tenant.headers)
+    problem = _assert_problem(response, 403)
+    assert set(OPERATIONS[op_id].scopes) & ADMIN_SCOPES
+    for scope in set(OPERATIONS[op_id].scopes) & ADMIN_SCOPES:
+        assert scope in problem["detail"]
+
+
 # -- 404: another tenant's ids -------------------------------------------------------------------
 
 
-def _their_fingerprints(them: Party, sent: dict[str, str]) -> set[str]:
+def _their_fingerprints(them: Party, state: dict[str, Any], sent: dict[str, str]) -> set[str]:
     """What of theirs must never appear in our response (ids we sent ourselves excepted)."""
-    me = them.http.get("/v1/me", headers=them.tenant.headers).json()
     marks = {
-        me["organization"]["name"],
+        state["organization"]["name"],
         them.tenant.email,
         them.tenant.organization_id,
         them.tenant.user_id,
         them.tenant.api_key_id,
         them.tenant.member_id,
     }
+    for instance in state["instances"]:
+        marks |= {instance["id"], instance["name"]}
+    marks |= {action["id"] for actions in state["actions"].values() for action in actions}
     return marks - set(sent.values())
 
 
@@ -245,20 +336,31 @@ def _their_state(them: Party) -> dict[str, Any]:
     org = them.http.get(f"/v1/organizations/{them.tenant.organization_id}", headers=h)
     members = them.http.get(f"/v1/organizations/{them.tenant.organization_id}/members?limit=200", headers=h)
     api_keys = them.http.get("/v1/api-keys?limit=200", headers=h)
-    assert org.status_code == members.status_code == api_keys.status_code == 200
+    instances = them.http.get("/v1/instances?limit=200", headers=h)
+    assert org.status_code == members.status_code == api_keys.status_code == instances.status_code == 200
+    actions = {}
+    for instance in instances.json()["data"]:
+        listed = them.http.get(f"/v1/instances/{instance['id']}/actions?limit=200", headers=h)
+        assert listed.status_code == 200, listed.text
+        actions[instance["id"]] = listed.json()["data"]
     return {
         "organization": org.json(),
         "members": members.json()["data"],
         # last_used_at moves whenever they use a key (as this very check does): compare the rest.
         "api_keys": [{k: v for k, v in key.items() if k != "last_used_at"} for key in api_keys.json()["data"]],
+        # Their instances are settled (PROVISION waits for each to run), so they keep still
+        # unless someone acts on them.
+        "instances": instances.json()["data"],
+        "actions": actions,
     }
 
 
 def _assert_isolated(us: Party, them: Party, op_id: str, params: dict[str, str]) -> None:
+    body = _body(op_id, us, params)
     before = _their_state(them)
-    response = _request(us.http, op_id, params, us.tenant.headers)
+    response = _request(us.http, op_id, params, us.tenant.headers, body)
     _assert_problem(response, 404)
-    leaked = {mark for mark in _their_fingerprints(them, params) if mark in response.text}
+    leaked = {mark for mark in _their_fingerprints(them, before, params) if mark in response.text}
     assert not leaked, f"{op_id}: the 404 carries the other tenant's data: {leaked}"
     assert _their_state(them) == before, f"{op_id} changed another tenant's data"
 
@@ -272,7 +374,7 @@ def test_another_tenants_id_is_not_found(us: Party, them: Party, op_id: str, par
 
 @pytest.mark.parametrize("op_id", sorted({op for op, _ in WITH_PATH_PARAMS}))
 def test_another_tenants_ids_throughout_are_not_found(us: Party, them: Party, op_id: str) -> None:
-    _assert_isolated(us, them, op_id, _ids_for(op_id, them))
+    _assert_isolated(us, them, op_id, _ids_for(op_id, us, tenant=them))
 
 
 # -- the control: the right key succeeds with the very same request ----------------------------
@@ -283,8 +385,9 @@ def test_the_same_request_with_the_right_key_succeeds(us: Party, op_id: str) -> 
     """A key holding just the declared scopes suffices (plus, for a key-creating request, the
     scopes it asks to grant: a key can never mint one stronger than itself)."""
     op = OPERATIONS[op_id]
-    body = ExampleBuilder(SPEC).body(op_id)
+    params = _ids_for(op_id, us)
+    body = _body(op_id, us, params)
     granted = body.get("scopes", []) if isinstance(body, dict) else []
     _, secret = us.create_key(tuple(sorted({*op.scopes, *granted})) or ("organization:read",))
-    response = _request(us.http, op_id, _ids_for(op_id, us), bearer(secret))
+    response = _request(us.http, op_id, params, bearer(secret), body)
     assert response.status_code == op.success_status, response.text
