@@ -229,6 +229,7 @@ class Result:
     backend: str
     decisions_ms: list[float] = field(default_factory=list)
     kinds: list[str] = field(default_factory=list)  # the instance type of each decision
+    refused: dict[str, int] = field(default_factory=dict)  # instance type → NoCapacity count
     ok: int = 0
     failed: int = 0
     releases: int = 0
@@ -281,6 +282,7 @@ def run(engine: Engine, strategy: str, steps: list[Step], backend: str) -> Resul
                 result.kinds.append(step.instance_type)
                 session.rollback()
                 result.failed += 1
+                result.refused[step.instance_type] = result.refused.get(step.instance_type, 0) + 1
             if live and step.release_draw < ARGS_RELEASE_SHARE[0]:
                 victim = live.pop(int(step.release_pick * len(live)))
                 release(session, consumer_id=victim, now=NOW, reason="bench")
@@ -458,6 +460,11 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
             times = [t for t, k in zip(r.decisions_ms, r.kinds, strict=True) if k == kind]
             cells.append(f"{statistics.median(times):>5.2f} / {_percentile(times, 0.99):>5.2f}" if times else "-")
         print(f"{r.backend:<10} {r.strategy:<10} " + " ".join(f"{c:>13}" for c in cells))
+    print()
+    print("Refused (NoCapacity) by instance type:")
+    for r in results:
+        refused = ", ".join(f"{kind} {n}" for kind, n in sorted(r.refused.items())) or "none"
+        print(f"  {r.backend:<10} {r.strategy:<10} {refused}")
     print()
     print("Utilisation at the end (used ÷ capacity over all hosts):")
     for r in results:

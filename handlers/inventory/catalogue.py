@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Table, func, select
+from sqlalchemy import Table, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -270,7 +270,7 @@ def ensure_catalogue(session: Session, *, driver: str, now: datetime, seed_hosts
 
 
 def _any_host(session: Session) -> bool:
-    return session.scalar(select(func.count()).select_from(select(Host.id).limit(1).subquery())) == 1
+    return session.scalar(select(Host.id).limit(1)) is not None
 
 
 class HostDescription(Protocol):

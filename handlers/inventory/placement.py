@@ -22,7 +22,8 @@ Modelled on OpenStack Placement + the Nova scheduler, collapsed into one indexed
    and the allocation rows. Zero rows: someone else wrote the host; try the next candidate,
    then re-query, at most `MAX_ATTEMPTS` times. On PostgreSQL the UPDATE waits for a
    concurrent writer of the row and then re-checks the WHERE clause against the committed
-   row (READ COMMITTED), which is what makes the swap atomic across processes; on SQLite
+   row (READ COMMITTED), which is what makes the swap atomic across processes; each swap
+   runs in a savepoint so a lost one does not keep the row locked (see `take`). On SQLite
    writers are serialised by the database lock.
 
 The CHECK constraints on inventories and hosts (used ≤ capacity, free ≥ 0) are a second

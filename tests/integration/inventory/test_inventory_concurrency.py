@@ -70,7 +70,8 @@ def _race_lanes(url: str, lanes: list[list[Job]]) -> list[list[Any]]:
     def monitor() -> None:
         engine = make_engine(url)
         barrier.wait()
-        while not done.is_set():
+        while True:  # at least once, and once more after the workers are done
+            finished = done.is_set()
             with engine.connect() as conn:
                 over.append(
                     conn.execute(
@@ -81,6 +82,8 @@ def _race_lanes(url: str, lanes: list[list[Job]]) -> list[list[Any]]:
                         )
                     ).scalar_one()
                 )
+            if finished:
+                break
         engine.dispose()
 
     threads = [threading.Thread(target=work, args=(n,)) for n in range(len(lanes))]
