@@ -11,7 +11,8 @@ host survives a restart.
 Hosts: driver "local" gets a small fleet (two CPU hosts per region and a GPU host per GPU
 model the region offers, sized so a laptop runs a handful of instances), and only when the
 database has no host at all, so an operator's own fleet is never topped up. Driver "sim"
-gets none here: the simulated fleet comes from `hangar.drivers.sim.sim_fleet(...)` through
+gets them only when the caller asks (`seed_hosts=True`, as the platform's start-up does);
+bigger simulated fleets come from `hangar.drivers.sim.sim_fleet(...)` through
 `load_sim_fleet` (`hangar-admin load-sim-fleet`).
 """
 

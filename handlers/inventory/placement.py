@@ -79,6 +79,9 @@ FREE_COLUMNS: dict[str, str] = {
     "GPU": "gpu_free",
 }
 
+# The inventory and host-summary columns are 32-bit integers (the API's bounds keep far below).
+MAX_UNITS = 2**31 - 1
+
 CANDIDATES = 8  # rows one query returns: enough for the random subset plus fallbacks
 SUBSET = 3  # CPU requests pick at random among this many of the best
 MAX_ATTEMPTS = 12  # compare-and-swap attempts per claim before giving up
@@ -171,6 +174,12 @@ def inventory_errors(fields: InventoryFields) -> list[tuple[str, str]]:
     ratio = fields.allocation_ratio
     if ratio is not None and not (ratio > 0 and math.isfinite(ratio)):
         errors.append(("allocation_ratio", "must be a finite number above 0"))
+    for name in ("total", "reserved", "min_unit", "max_unit", "step_size"):
+        value = getattr(fields, name)
+        if value is not None and value > MAX_UNITS:
+            errors.append((name, f"must be at most {MAX_UNITS}"))
+    if not errors and ratio is not None and capacity(fields.total, fields.reserved, ratio) > MAX_UNITS:
+        errors.append(("allocation_ratio", f"makes the capacity exceed {MAX_UNITS}"))
     return errors
 
 

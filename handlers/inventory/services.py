@@ -75,12 +75,14 @@ class HostView:
 
 @dataclass(frozen=True)
 class ResourceCapacity:
+    # total … free and utilisation are over active and draining hosts (a down host is out of
+    # the fleet); `available` over active hosts only.
     total: int
     reserved: int
     capacity: int  # Σ floor((total − reserved) × allocation_ratio)
     used: int
-    free: int  # capacity − used, all hosts
-    available: int  # free on active hosts only: what placement can use now
+    free: int  # capacity − used
+    available: int  # free on active hosts: what placement can use now
     utilisation: float  # used ÷ capacity, 0..1 (0 with no capacity)
 
 

@@ -90,6 +90,8 @@ def test_inventory_fields_default_per_class() -> None:
         (InventoryFields(total=4, allocation_ratio=0.0), "allocation_ratio"),
         (InventoryFields(total=4, allocation_ratio=float("inf")), "allocation_ratio"),
         (InventoryFields(total=4, allocation_ratio=float("nan")), "allocation_ratio"),
+        (InventoryFields(total=2**31), "total"),  # the columns are 32-bit
+        (InventoryFields(total=2**30, allocation_ratio=4.0), "allocation_ratio"),  # capacity 2^32
     ],
 )
 def test_inventory_errors_name_the_field(fields: InventoryFields, field: str) -> None:
