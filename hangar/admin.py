@@ -37,7 +37,6 @@ def _create_operator(settings: Settings, args: argparse.Namespace) -> int:
 
 def _load_sim_fleet(settings: Settings, args: argparse.Namespace) -> int:
     from handlers.inventory.published import load_sim_fleet
-
     from hangar.drivers.sim import sim_fleet
 
     regions = [r.strip() for r in args.regions.split(",") if r.strip()]
