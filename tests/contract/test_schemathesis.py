@@ -131,7 +131,10 @@ def test_app_conforms_to_its_spec(contract_app: HangarApp) -> None:
     assert result.total_cases >= MIN_TOTAL_CASES, result.summary()
     # Each compute operation answered 2xx (the run is an operator, so the admin operations
     # succeed too), and launches were accepted (and, on the sim driver, ran).
-    never = sorted(set(COMPUTE) - set(result.successes_per_operation))
+    # Operations on a launched instance, its actions or a registered host get a real id only
+    # through a link, and which links the full run draws moves with timing: their 2xx is
+    # asserted by test_links_are_followed, where every link of the context is followed.
+    never = sorted(set(COMPUTE) - set(result.successes_per_operation) - set().union(*LINKED.values()))
     assert not never, f"never answered 2xx: {never}; 2xx per operation: {dict(result.successes_per_operation)}"
     assert harness.launched, "no launch was accepted"
 
@@ -151,3 +154,5 @@ def test_links_are_followed(contract_app: HangarApp, context: str) -> None:
     assert set(result.cases_per_operation) <= set(operation_ids)
     missing = sorted(LINKED[context] - set(result.linked_per_operation))
     assert not missing, f"no stateful step reached {missing} through a link: {dict(result.linked_per_operation)}"
+    unanswered = sorted(LINKED[context] - set(result.successes_per_operation))
+    assert not unanswered, f"never answered 2xx through a link: {unanswered}"
