@@ -151,7 +151,7 @@ def test_a_thousand_launches_on_failing_hosts_leak_nothing(
     released = Counter(e["data"]["consumer_id"] for e in backdoor.events("allocation.released"))
     holders = {str(a.consumer_id) for a in backdoor.allocations()}
     assert all(claimed[c] - released[c] == (1 if c in holders else 0) for c in claimed)
-    assert elapsed < 60
+    # The wall time is logged above, never asserted: speed is for benchmarks, not for tests.
 
 
 def _tenants_act(session: Session, rng: random.Random, now: Any, tally: Counter[str]) -> None:
