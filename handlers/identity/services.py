@@ -115,10 +115,24 @@ def sign_up(
             raise Conflict("A user with this e-mail address already exists.", slug="email-taken")
         session.refresh(user)
 
-    org = Organization(id=uuid.uuid4(), name=organization_name, billing_email=email, created_at=now, updated_at=now)
-    session.add(org)
-    session.flush()
-    session.add(
+    return _found_organization(
+        ctx, user, organization_name, billing_email=email, key_name=SIGNUP_KEY_NAME, operator=False
+    )
+
+
+def _found_organization(
+    ctx: RequestContext, user: User, name: str, *, billing_email: str, key_name: str, operator: bool
+) -> SignupResult:
+    """A new organization with `user` as its active owner, its organization.created event, and
+    the owner's first key holding every scope the owner role allows there (signUp and
+    hangar-admin create-operator)."""
+    now = ctx.now
+    org = Organization(
+        id=uuid.uuid4(), name=name, billing_email=billing_email, is_operator=operator, created_at=now, updated_at=now
+    )
+    ctx.session.add(org)
+    ctx.session.flush()
+    ctx.session.add(
         Membership(
             id=uuid.uuid4(),
             organization_id=org.id,
@@ -132,7 +146,7 @@ def sign_up(
     ctx.emit(
         "organization.created", org.id, {"name": org.name, "owner_user_id": str(user.id), "owner_email": user.email}
     )
-    created = _new_key(ctx, org.id, user.id, SIGNUP_KEY_NAME, sorted(policy.caps("owner")), None)
+    created = _new_key(ctx, org.id, user.id, key_name, sorted(policy.caps("owner", operator=operator)), None)
     return SignupResult(organization=org, user=user, api_key=created.api_key, secret=created.secret)
 
 
@@ -157,27 +171,9 @@ def create_operator(ctx: RequestContext, *, email: str, organization_name: str) 
     )
     session.add(user)
     _flush_or_conflict(ctx, "email-taken", "A user with this e-mail address already exists.")
-    org = Organization(
-        id=uuid.uuid4(), name=organization_name, billing_email=email, is_operator=True, created_at=now, updated_at=now
+    return _found_organization(
+        ctx, user, organization_name, billing_email=email, key_name=OPERATOR_KEY_NAME, operator=True
     )
-    session.add(org)
-    session.flush()
-    session.add(
-        Membership(
-            id=uuid.uuid4(),
-            organization_id=org.id,
-            user_id=user.id,
-            role="owner",
-            status="active",
-            created_at=now,
-            updated_at=now,
-        )
-    )
-    ctx.emit(
-        "organization.created", org.id, {"name": org.name, "owner_user_id": str(user.id), "owner_email": user.email}
-    )
-    created = _new_key(ctx, org.id, user.id, OPERATOR_KEY_NAME, sorted(policy.caps("owner", operator=True)), None)
-    return SignupResult(organization=org, user=user, api_key=created.api_key, secret=created.secret)
 
 
 def get_me(ctx: RequestContext) -> Me:
