@@ -16,16 +16,15 @@ processes at once against one database (they share work through row locks, not m
 
 from __future__ import annotations
 
-import importlib
 import logging
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from hangar.config import Settings
+from hangar.discovery import context_modules
 
 log = logging.getLogger(__name__)
 
@@ -68,20 +67,7 @@ class Background:
 def discover(package: str = "handlers") -> Background:
     """Import `<package>.<context>.background` for every context that has one."""
     found = Background()
-    try:
-        root = importlib.import_module(package)
-    except ModuleNotFoundError:
-        return found
-    for info in sorted(pkgutil.iter_modules(getattr(root, "__path__", [])), key=lambda i: i.name):
-        if not info.ispkg:
-            continue
-        name = f"{package}.{info.name}.background"
-        try:
-            module: Any = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue
-            raise
+    for name, module in context_modules("background", package):
         prepare = getattr(module, "prepare", None)
         services = getattr(module, "services", None)
         if prepare is None and services is None:

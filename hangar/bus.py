@@ -16,9 +16,7 @@ Contexts register consumers from `handlers/<context>/consumers.py`, a module wit
 
 from __future__ import annotations
 
-import importlib
 import logging
-import pkgutil
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from hangar import inbox
+from hangar.discovery import context_modules
 
 log = logging.getLogger(__name__)
 
@@ -130,20 +129,7 @@ def load_consumers(bus: Bus, package: str = "handlers") -> list[str]:
     """Import `<package>.<context>.consumers` for every context that has one and call its
     `register(bus)`. Returns the module names, for the start-up log."""
     loaded: list[str] = []
-    try:
-        root = importlib.import_module(package)
-    except ModuleNotFoundError:
-        return loaded
-    for info in sorted(pkgutil.iter_modules(getattr(root, "__path__", [])), key=lambda i: i.name):
-        if not info.ispkg:
-            continue
-        name = f"{package}.{info.name}.consumers"
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue
-            raise
+    for name, module in context_modules("consumers", package):
         register = getattr(module, "register", None)
         if not callable(register):
             raise TypeError(f"{name} must define register(bus: hangar.bus.Bus) -> None")
