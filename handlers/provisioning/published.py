@@ -64,11 +64,15 @@ def _view(row: Instance) -> InstanceView:
 def instance_view(session: Session, organization_id: uuid.UUID, instance_id: uuid.UUID) -> InstanceView | None:
     """The instance if it exists in `organization_id` (another tenant's id is None, like a
     missing one: the caller answers 404 either way)."""
-    row = session.scalar(select(Instance).where(Instance.id == instance_id, Instance.organization_id == organization_id))
+    row = session.scalar(
+        select(Instance).where(Instance.id == instance_id, Instance.organization_id == organization_id)
+    )
     return None if row is None else _view(row)
 
 
-def instance_views(session: Session, organization_id: uuid.UUID, instance_ids: list[uuid.UUID]) -> dict[uuid.UUID, InstanceView]:
+def instance_views(
+    session: Session, organization_id: uuid.UUID, instance_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, InstanceView]:
     """Several instances of one organization at once (absent ids are left out)."""
     if not instance_ids:
         return {}
