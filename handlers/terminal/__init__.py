@@ -1,0 +1,1 @@
+"""The terminal bounded context (see docs/)."""
