@@ -73,6 +73,27 @@ class Settings:
     # Default per-organization quota (operators raise it per organization).
     quota_vcpus: int = 64
     quota_gpus: int = 8
+    # --- terminal (Terminal Gateway, docs/terminal.md) ---
+    # Seconds a terminal ticket stays valid unused (capped at 60 whatever is configured).
+    terminal_ticket_ttl_seconds: int = 30
+    # A session with no byte in either direction for this long is closed (4408); one attached
+    # for this long is closed (4410) whatever it does.
+    terminal_idle_timeout_seconds: float = 900.0
+    terminal_max_duration_seconds: float = 8 * 3600.0
+    # Sessions an organization may hold at once (active, or created and not yet expired).
+    terminal_max_sessions_per_org: int = 10
+    # How long the gateway waits for the auth frame after the upgrade (the contract says 10).
+    terminal_auth_timeout_seconds: float = 10.0
+    # How often an attached session re-reads its row and its instance (close requests and
+    # instance stops seen by other processes) and saves its byte counters.
+    terminal_recheck_seconds: float = 2.0
+    # Websocket pings (uvicorn's, hangar-server only): interval, and how long a pong may take
+    # before the peer is declared gone.
+    terminal_ping_interval_seconds: float = 20.0
+    terminal_ping_timeout_seconds: float = 20.0
+    # The websocket base URL put in createTerminalSession's `url` (e.g. wss://api.hangar.dev);
+    # None: built from the request's scheme and Host header.
+    terminal_public_url: str | None = None
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -95,6 +116,16 @@ class Settings:
             "saga_max_attempts": _int("HANGAR_SAGA_MAX_ATTEMPTS", 3),
             "quota_vcpus": _int("HANGAR_QUOTA_VCPUS", 64),
             "quota_gpus": _int("HANGAR_QUOTA_GPUS", 8),
+            # terminal
+            "terminal_ticket_ttl_seconds": _int("HANGAR_TERMINAL_TICKET_TTL_SECONDS", 30),
+            "terminal_idle_timeout_seconds": _float("HANGAR_TERMINAL_IDLE_TIMEOUT_SECONDS", 900.0),
+            "terminal_max_duration_seconds": _float("HANGAR_TERMINAL_MAX_DURATION_SECONDS", 8 * 3600.0),
+            "terminal_max_sessions_per_org": _int("HANGAR_TERMINAL_MAX_SESSIONS_PER_ORG", 10),
+            "terminal_auth_timeout_seconds": _float("HANGAR_TERMINAL_AUTH_TIMEOUT_SECONDS", 10.0),
+            "terminal_recheck_seconds": _float("HANGAR_TERMINAL_RECHECK_SECONDS", 2.0),
+            "terminal_ping_interval_seconds": _float("HANGAR_TERMINAL_PING_INTERVAL_SECONDS", 20.0),
+            "terminal_ping_timeout_seconds": _float("HANGAR_TERMINAL_PING_TIMEOUT_SECONDS", 20.0),
+            "terminal_public_url": os.environ.get("HANGAR_TERMINAL_PUBLIC_URL") or None,
         }
         if os.environ.get("HANGAR_INSTANCES_DIR"):
             values["instances_dir"] = Path(os.environ["HANGAR_INSTANCES_DIR"])
