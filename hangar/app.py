@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import Receive, Scope, Send
 
 from hangar.config import ROOT, Settings
+from hangar.console import ConsoleMiddleware
 from hangar.db import make_engine, make_session_factory
 from hangar.dispatch import HangarApp
 from hangar.edge import Edge
@@ -204,6 +205,9 @@ def create_app(settings: Settings, wiring: Wiring | None = None) -> HangarApp:
 
     middlewares: list[Any] = [
         partial(Edge, documents=documents, allowed=AllowedMethods.from_spec(spec)),
+        # terminal (browser console): GET /console/instances/{id}/terminal and its static files;
+        # HTML, outside the OpenAPI document (hangar/console/__init__.py says why).
+        ConsoleMiddleware,
         DocsMiddleware,
         RoutingMiddleware,
         partial(SecurityGate, operations=wiring.operations, gatekeeper=gatekeeper),

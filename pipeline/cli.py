@@ -118,6 +118,7 @@ class Command:
     body_option: bool = True  # has --body when it has a body (not when a verb is the body's only field)
     waits_for: str | None = None  # "wait": the polled operation; "call": what --wait polls (x-cli.wait)
     wait_parameters: tuple[tuple[str, str], ...] = ()  # --wait: (parameter, JSON pointer into the response)
+    stream: Stream | None = None  # kind "stream": the session the command attaches to (x-cli.stream)
 
     @property
     def line(self) -> str:
@@ -524,6 +525,8 @@ def _check_options(command: Command) -> None:
 
 
 def _label(command: Command) -> str:
+    if command.kind == "stream":
+        return f"{command.operation_id} (x-cli.stream {command.words[-1]})"
     if command.verb:
         return f"{command.operation_id} (verb {command.verb[1]})"
     if command.kind == "wait":
@@ -545,10 +548,21 @@ def _body_schema(op: dict[str, Any]) -> Any:
     return content["schema"] if content else None
 
 
-def build_commands(spec: dict[str, Any]) -> list[Command]:
+def build_commands(spec: dict[str, Any], asyncapi_dir: Path | None = None) -> list[Command]:
     """Every command, sorted by its words: one per operation, one per verb of an operation
-    with x-cli.verbs, and a `wait` per x-waiter. Raises CliSpecError (sdk.WaiterSpecError for
-    a bad x-waiter) naming the operation, on collisions and bad extensions."""
+    with x-cli.verbs, a `wait` per x-waiter, and the stream commands of x-cli.stream (whose
+    AsyncAPI documents are read from `asyncapi_dir`, default specs/asyncapi/). Raises
+    CliSpecError (sdk.WaiterSpecError for a bad x-waiter) naming the operation, on collisions
+    and bad extensions."""
+    return list(_build(spec, asyncapi_dir or ASYNCAPI_DIR)[0])
+
+
+def protocols(spec: dict[str, Any], asyncapi_dir: Path | None = None) -> list[Protocol]:
+    """The websocket protocols the stream commands speak, one per AsyncAPI document."""
+    return list(_build(spec, asyncapi_dir or ASYNCAPI_DIR)[1])
+
+
+def _build(spec: dict[str, Any], asyncapi_dir: Path) -> tuple[list[Command], list[Protocol]]:
     from openapi_python_client.strings import ClassName
 
     ops = _operations(spec)
@@ -559,6 +573,12 @@ def build_commands(spec: dict[str, Any]) -> list[Command]:
         tag = (op.get("tags") or ["default"])[0]
         made = verbs[op["operationId"]]
         per_tag[tag] = per_tag.get(tag, 0) + (len(made[1]) if made else 1) + (op["operationId"] in waiters)
+        streaming = _stream_spec(op)
+        if streaming is not None:  # its commands join their group (x-cli.stream.group, else the tag)
+            group = streaming.get("group", tag) if isinstance(streaming.get("group", tag), str) else tag
+            per_tag[group] = per_tag.get(group, 0) + ("shell" in streaming) + ("exec" in streaming)
+
+    found_protocols: dict[str, Protocol] = {}
 
     commands: list[Command] = []
     for path, method, op in ops:
@@ -613,10 +633,16 @@ def build_commands(spec: dict[str, Any]) -> list[Command]:
         these = [_verb_command(spec, base, tag, body_schema, (made[0], v)) for v in made[1]] if made else [base]
         if op_id in waiters:
             these.append(_wait_command(base, tag, waiters[op_id]))
+        streamed, protocol = stream_commands(spec, base, tag, op, body_schema, response_schema, asyncapi_dir)
+        if protocol is not None:
+            found_protocols[protocol.document] = protocol
         for command in these:
             _check_options(command)
             waiter = waiters.get(command.waits_for or "")
             commands.append(replace(command, epilog=_epilog(spec, command, body_schema, waiter)))
+        for command in streamed:
+            _check_options(command)
+            commands.append(replace(command, epilog=_stream_epilog(spec, command)))
     commands.sort(key=lambda c: c.words)
     seen: dict[tuple[str, ...], Command] = {}
     for command in commands:
@@ -629,7 +655,7 @@ def build_commands(spec: dict[str, Any]) -> list[Command]:
     for name, (_key, source, _dotted) in PARAMETER_DEFAULTS.items():
         if any(f.name == name for c in commands for f in c.flags) and source not in plain:
             raise CliSpecError(f"the default of {name} comes from {source}, which the spec lacks")
-    return commands
+    return commands, sorted(found_protocols.values(), key=lambda p: p.document)
 
 
 def command_map(commands: list[Command]) -> dict[str, str]:
@@ -647,6 +673,312 @@ def groups(spec: dict[str, Any], commands: list[Command]) -> list[tuple[str, str
     described = {t["name"]: " ".join(str(t.get("description", "")).split()) for t in spec.get("tags", [])}
     names = sorted({c.words[0] for c in commands if len(c.words) > 1})
     return [(name, described.get(name, "")) for name in names]
+
+
+# --- streams (x-cli.stream): `hangar instances terminal ID`, `hangar instances exec ID -- ARGV…` ---
+#
+# An operation that opens a websocket session declares it in `x-cli.stream`; the commands it
+# adds run the hand-written stream runner (templates/cli/hangar_cli/stream.py) with a protocol
+# module generated from the session's AsyncAPI document (`<document>_protocol.py`: the
+# subprotocol, the channel byte of each message, the close codes and their messages, the JSON
+# payload schemas). Everything is validated here; a bad value is a CliSpecError naming the
+# operation.
+
+ASYNCAPI_DIR = ROOT / "specs" / "asyncapi"
+PROTOCOL_TEMPLATE = "protocol.py.j2"  # templates/cli/protocol.py.j2 → hangar_cli/<document>_protocol.py
+# The messages the runner speaks, by role, and the JSON fields it reads or writes in each.
+STREAM_ROLES = ("stdin", "stdout", "exit", "resize", "auth")
+STREAM_JSON_FIELDS: dict[str, tuple[str, ...]] = {
+    "exit": ("exit_code",),
+    "resize": ("cols", "rows"),
+    "auth": ("ticket",),
+}
+STREAM_KEYS = frozenset({"asyncapi", "channel", "group", "url", "ticket", "shell", "exec"})
+
+
+@dataclass(frozen=True)
+class Stream:
+    """What a stream command's runner needs (rendered into commands.py as hangar_cli.model.Stream)."""
+
+    protocol: str  # the generated protocol module in the CLI package ("terminal_protocol")
+    url: str  # JSON pointer into the operation's answer: the websocket URL
+    ticket: str  # JSON pointer into the answer: the ticket the auth frame presents
+    interactive: bool  # a login shell (True) or one command (exec)
+    argv_field: str | None = None  # exec: the request body field that takes the argv
+    size_fields: tuple[str, ...] = ()  # the body fields that take the terminal's (cols, rows)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A websocket protocol read from its AsyncAPI document (one per document)."""
+
+    document: str  # "terminal.yaml" (in specs/asyncapi/)
+    module: str  # "terminal_protocol"
+    title: str
+    version: str
+    subprotocol: str
+    channel: str  # the channel's id in the document
+    address: str
+    channels: tuple[tuple[str, int], ...]  # (role, channel byte)
+    messages: tuple[tuple[str, str], ...]  # (role, the message's name in the document)
+    close_codes: tuple[tuple[int, str], ...]  # (code, plain message)
+    schemas: tuple[tuple[str, Any], ...]  # (role, JSON schema of its JSON payload)
+
+
+def _stream_fail(op_id: str) -> Any:
+    def fail(message: str) -> CliSpecError:
+        return CliSpecError(f"{op_id}: x-cli.stream {message}")
+
+    return fail
+
+
+def _asyncapi_document(document: str, asyncapi_dir: Path, fail: Any) -> dict[str, Any]:
+    from pipeline.bundle import BundleError, Bundler
+
+    if not isinstance(document, str) or "/" in document or not document.endswith((".yaml", ".yml")):
+        raise fail(f"asyncapi must name a YAML document in specs/asyncapi/, not {document!r}")
+    path = asyncapi_dir / document
+    if not path.is_file():
+        raise fail(f"asyncapi names {document}, which is not in {asyncapi_dir.relative_to(ROOT)}/")
+    try:
+        doc = Bundler(path).bundle()
+    except BundleError as error:
+        raise fail(f"cannot read {document}: {error}") from None
+    if not str(doc.get("asyncapi", "")).startswith("3."):
+        raise fail(f"{document} is not an AsyncAPI 3 document")
+    return doc
+
+
+def _channel_byte(message: dict[str, Any]) -> int | None:
+    """A message's channel byte: `x-channel` on the message (or in its ws binding)."""
+    for holder in (message, (message.get("bindings") or {}).get("ws") or {}):
+        value = holder.get("x-channel", holder.get("x-channel-byte"))
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def _subprotocol(doc: dict[str, Any], channel: dict[str, Any]) -> str | None:
+    """`x-subprotocol` on the channel, else on a server (or its ws binding), else in `info`."""
+    holders: list[Any] = [channel, *(doc.get("servers") or {}).values(), doc.get("info") or {}]
+    for holder in holders:
+        if not isinstance(holder, dict):
+            continue
+        for node in (holder, (holder.get("bindings") or {}).get("ws") or {}):
+            value = node.get("x-subprotocol") if isinstance(node, dict) else None
+            if isinstance(value, str) and value:
+                return value
+    return None
+
+
+def _close_codes(doc: dict[str, Any], channel: dict[str, Any], fail: Any) -> tuple[tuple[int, str], ...]:
+    """`x-close-codes` on the channel (else at the top): a list of {code, description} or a map code → text."""
+    raw = channel.get("x-close-codes", doc.get("x-close-codes"))
+    if raw is None:
+        raise fail("the channel declares no x-close-codes")
+    items: list[tuple[Any, Any]] = (
+        list(raw.items()) if isinstance(raw, dict) else [(i.get("code"), i) for i in raw if isinstance(i, dict)]
+    )
+    found: dict[int, str] = {}
+    for code, entry in items:
+        text = entry.get("description") or entry.get("message") if isinstance(entry, dict) else entry
+        try:
+            number = int(code)
+        except (TypeError, ValueError):
+            raise fail(f"close code {code!r} is not a number") from None
+        if not (1000 <= number <= 4999) or not isinstance(text, str) or not text.strip():
+            raise fail(f"close code {code!r} needs a code in 1000..4999 and a description")
+        found[number] = " ".join(text.split()).rstrip(".")
+    return tuple(sorted(found.items()))
+
+
+def read_protocol(document: str, channel_id: str | None, asyncapi_dir: Path, op_id: str) -> Protocol:
+    """The websocket protocol of an AsyncAPI document's channel, validated for the runner."""
+    fail = _stream_fail(op_id)
+    doc = _asyncapi_document(document, asyncapi_dir, fail)
+    channels = doc.get("channels") or {}
+    if channel_id is None:
+        if len(channels) != 1:
+            raise fail(f"{document} has {len(channels)} channels; name one with `channel`")
+        channel_id = next(iter(channels))
+    if channel_id not in channels:
+        raise fail(f"channel {channel_id!r} is not in {document}")
+    channel = _resolve(doc, channels[channel_id])
+    subprotocol = _subprotocol(doc, channel)
+    if subprotocol is None:
+        raise fail(f"{document} declares no x-subprotocol (on the channel {channel_id} or a server)")
+    by_role: dict[str, tuple[str, dict[str, Any]]] = {}
+    for key, raw in (channel.get("messages") or {}).items():
+        message = _resolve(doc, raw)
+        name = str(message.get("name") or key)
+        role = next((r for r in STREAM_ROLES if r in {name.lower(), str(key).lower()}), None)
+        if role is not None:
+            by_role[role] = (name, message)
+    missing = [role for role in STREAM_ROLES if role not in by_role]
+    if missing:
+        raise fail(f"channel {channel_id} of {document} has no message named {', '.join(missing)}")
+    bytes_: dict[str, int] = {}
+    schemas: dict[str, Any] = {}
+    for role, (name, message) in by_role.items():
+        byte = _channel_byte(message)
+        if byte is None or not 0 <= byte <= 255:
+            raise fail(f"message {name} of {document} has no channel byte (x-channel: 0..255)")
+        bytes_[role] = byte
+        if role in STREAM_JSON_FIELDS:
+            payload = _resolve(doc, message.get("payload") or {})
+            props = payload.get("properties") or {}
+            absent = [f for f in STREAM_JSON_FIELDS[role] if f not in props]
+            if absent:
+                raise fail(f"message {name} of {document}: its JSON payload lacks {', '.join(absent)}")
+            schemas[role] = _inline(doc, payload)
+    if len(set(bytes_.values())) != len(bytes_):
+        raise fail(f"two messages of {document} share a channel byte: {sorted(bytes_.items())}")
+    info = doc.get("info") or {}
+    return Protocol(
+        document=document,
+        module=re.sub(r"\W", "_", document.rsplit(".", 1)[0]) + "_protocol",
+        title=str(info.get("title", document)),
+        version=str(info.get("version", "")),
+        subprotocol=subprotocol,
+        channel=channel_id,
+        address=str(channel.get("address", "")),
+        channels=tuple((role, bytes_[role]) for role in STREAM_ROLES),
+        messages=tuple((role, by_role[role][0]) for role in STREAM_ROLES),
+        close_codes=_close_codes(doc, channel, fail),
+        schemas=tuple(sorted(schemas.items())),
+    )
+
+
+def _inline(doc: dict[str, Any], node: Any, depth: int = 0) -> Any:
+    """A schema with its local $refs followed (for the generated module: self-contained)."""
+    node = _resolve(doc, node)
+    if depth > 16:
+        return node
+    if isinstance(node, dict):
+        return {k: _inline(doc, v, depth + 1) for k, v in sorted(node.items()) if not k.startswith("x-")}
+    if isinstance(node, list):
+        return [_inline(doc, v, depth + 1) for v in node]
+    return node
+
+
+def _stream_spec(op: dict[str, Any]) -> dict[str, Any] | None:
+    stream = (op.get("x-cli") or {}).get("stream")
+    if stream is None:
+        return None
+    fail = _stream_fail(op["operationId"])
+    if not isinstance(stream, dict) or not {"asyncapi", "url", "ticket"} <= set(stream) or set(stream) - STREAM_KEYS:
+        raise fail(
+            "must be {asyncapi: <document>, channel?: <id>, group?: <command group>, url: <expression>, "
+            "ticket: <expression>, shell?: <command>, exec?: {command: <command>, argv: <body field>}}"
+        )
+    if "shell" not in stream and "exec" not in stream:
+        raise fail("declares no command: give `shell` (a login shell) and/or `exec` (one command)")
+    return stream
+
+
+def stream_commands(
+    spec: dict[str, Any], base: Command, tag: str, op: dict[str, Any], body_schema: Any, response_schema: Any,
+    asyncapi_dir: Path,
+) -> tuple[list[Command], Protocol | None]:  # fmt: skip
+    """The commands `x-cli.stream` adds to an operation (and its protocol); ([], None) without it."""
+    stream = _stream_spec(op)
+    if stream is None:
+        return [], None
+    op_id = op["operationId"]
+    fail = _stream_fail(op_id)
+    protocol = read_protocol(stream["asyncapi"], stream.get("channel"), asyncapi_dir, op_id)
+    pointers: dict[str, str] = {}
+    for key in ("url", "ticket"):
+        expression = stream[key]
+        match = RUNTIME_EXPRESSION.fullmatch(expression) if isinstance(expression, str) else None
+        if match is None:
+            raise fail(f"{key}: {expression!r} is not a `$response.body#/<JSON pointer>` expression")
+        leaf = _pointer_schema(spec, response_schema, match.group(1)) if response_schema is not None else None
+        if leaf is None or _resolve(spec, leaf).get("type") != "string":
+            raise fail(f"{key}: {expression} is not a string of the response")
+        pointers[key] = match.group(1)
+    props = _resolve(spec, body_schema).get("properties", {}) if body_schema is not None else {}
+    resize_fields = STREAM_JSON_FIELDS["resize"]
+    size_fields = resize_fields if all(_scalar(spec, props.get(f, {})) == ("int", ()) for f in resize_fields) else ()
+    group = stream.get("group", tag)
+    if not isinstance(group, str) or not re.fullmatch(r"[a-z][a-z0-9-]*", group):
+        raise fail(f"group must be a command group name, not {group!r}")
+    required = [n for n in _resolve(spec, body_schema).get("required", ())] if body_schema is not None else []
+    flags = tuple(f for f in base.flags if f.location in ("path", "query"))
+    noun = " ".join(words(singular(group)))
+    commands: list[Command] = []
+    if "shell" in stream:
+        name = stream["shell"]
+        if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9-]*", name):
+            raise fail(f"shell must be a command name, not {name!r}")
+        if required:
+            raise fail(f"shell: the request body requires {', '.join(required)}; a login shell sends none of it")
+        commands.append(
+            replace(
+                base, words=(group, name), summary=f"Open an interactive terminal on {_article(noun)} {noun}",
+                kind="stream", flags=flags, body_option=False, columns=(),
+                stream=Stream(protocol.module, pointers["url"], pointers["ticket"], True, None, size_fields),
+            )
+        )  # fmt: skip
+    if "exec" in stream:
+        spec_exec = stream["exec"]
+        if not isinstance(spec_exec, dict) or set(spec_exec) != {"command", "argv"}:
+            raise fail("exec must be {command: <command name>, argv: <request body field>}")
+        name, argv = spec_exec["command"], spec_exec["argv"]
+        if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9-]*", name):
+            raise fail(f"exec.command must be a command name, not {name!r}")
+        field_schema = _resolve(spec, props[argv]) if isinstance(argv, str) and argv in props else None
+        if (
+            field_schema is None
+            or field_schema.get("type") != "array"
+            or _scalar(spec, field_schema.get("items", {})) != ("str", ())
+        ):
+            raise fail(f"exec.argv `{argv}` is not an array of strings in the request body")
+        if [r for r in required if r != argv]:
+            raise fail(f"exec: the request body requires {', '.join(r for r in required if r != argv)}")
+        commands.append(
+            replace(
+                base, words=(group, name), summary=f"Run one command on {_article(noun)} {noun} and exit with its code",
+                kind="stream", flags=flags, body_option=False, columns=(),
+                stream=Stream(protocol.module, pointers["url"], pointers["ticket"], False, argv, size_fields),
+            )
+        )  # fmt: skip
+    return commands, protocol
+
+
+def _article(noun: str) -> str:
+    return "an" if noun[:1] in "aeiou" else "a"
+
+
+def _stream_epilog(spec: dict[str, Any], command: Command) -> str:
+    """The help's epilog of a stream command: an example, what it does, the exit status."""
+    stream = command.stream
+    assert stream is not None
+    parts = ["hangar", *command.words]
+    parts += [str(_param_example(spec, command, f)) for f in command.flags if f.location == "path" and f.required]
+    if stream.interactive:
+        text = (
+            f"Calls {command.operation_id} for a login shell and attaches this terminal to it: raw mode while "
+            "it lasts (every key goes to the remote, ^C included), the remote's size follows the window's, and "
+            "the terminal's settings are restored however it ends. When stdin is not a terminal it is piped to "
+            "the shell, which gets an end of file after it."
+        )
+    else:
+        parts += ["--", "uname", "-a"]
+        text = (
+            f"Calls {command.operation_id} with the command after `--` (argv, run without a shell; "
+            "`-- sh -c '…'` for one), streams its output and exits with its exit code. stdin is piped through "
+            "and the command gets an end of file after it; when stdin is a terminal it is attached like an "
+            "interactive terminal (raw mode, resizes). The remote side is a terminal, which writes \\r\\n for "
+            "every newline: when stdout is not a terminal, the output gets its \\n back."
+        )
+    status = (
+        "Exit status: the remote's exit code; 255 when the session could not be opened or ended without "
+        "one (the reason, e.g. an idle timeout, is on stderr); 2 for a usage error."
+    )
+    lines = ["example:", f"  {' '.join(shlex.quote(p) for p in parts)}", ""]
+    lines += [*textwrap.wrap(text, 92, break_on_hyphens=False), "", *textwrap.wrap(status, 92)]
+    return "\n".join(lines)
 
 
 # --- rendering ------------------------------------------------------------------------------
@@ -672,9 +1004,9 @@ def _py(value: Any) -> str:
     return repr(value)
 
 
-def render_cli(spec: dict[str, Any], project_dir: Path) -> None:
+def render_cli(spec: dict[str, Any], project_dir: Path, asyncapi_dir: Path | None = None) -> None:
     """Render the CLI project into the empty directory `project_dir`."""
-    commands = build_commands(spec)
+    commands, streams = _build(spec, asyncapi_dir or ASYNCAPI_DIR)
     env = _environment()
     context = {
         "commands": commands,
@@ -688,6 +1020,7 @@ def render_cli(spec: dict[str, Any], project_dir: Path) -> None:
         "wait_timeout": WAIT_TIMEOUT,
         "flag_fields": [f.name for f in Flag.__dataclass_fields__.values()],
         "command_fields": [f.name for f in Command.__dataclass_fields__.values() if f.name != "flags"],
+        "protocols": streams,
     }
     # templates/cli/<path>.jinja → <project>/<path>: the layout of the tree is the layout of the project.
     for template in sorted(TEMPLATES.rglob("*.jinja")):
@@ -696,6 +1029,13 @@ def render_cli(spec: dict[str, Any], project_dir: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(env.get_template(rel.as_posix()).render(**context), encoding="utf-8")
     package = project_dir / PACKAGE
+    # Hand-written modules (the stream runner) are copied as they are.
+    for source in sorted((TEMPLATES / PACKAGE).glob("*.py")):
+        (package / source.name).write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
+    # One protocol module per AsyncAPI document a stream command speaks (x-cli.stream).
+    for protocol in streams:
+        text = env.get_template(PROTOCOL_TEMPLATE).render(protocol=protocol, **context)
+        (package / f"{protocol.module}.py").write_text(text, encoding="utf-8")
     (package / "py.typed").write_text("", encoding="utf-8")
     sdk.ruff_format(project_dir, TEMPLATES / "ruff.toml")
     sdk.add_headers(project_dir)
@@ -711,9 +1051,13 @@ def run(out_root: Path) -> None:
         sdk.sync_tree(staging, out_root / "cli")
 
 
+CLI_INPUTS: tuple[str, ...] = ("generated/openapi.json", "pipeline/cli.py", "pipeline/sdk.py", "pipeline/bundle.py")
+CLI_INPUTS += ("templates/cli/**/*", "specs/asyncapi/*.yaml")
+
 STAGE = Stage(
     name="cli",
-    inputs=("generated/openapi.json", "pipeline/cli.py", "pipeline/sdk.py", "templates/cli/**/*"),
+    # specs/asyncapi/: the AsyncAPI documents the stream commands speak (x-cli.stream).
+    inputs=CLI_INPUTS,
     outputs=("cli",),
     run=run,
     salt=sdk.STAGE.salt,
