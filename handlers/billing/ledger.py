@@ -681,5 +681,6 @@ def _insert_ignore(session: Session, table: Table, values: dict[str, Any]) -> bo
         stmt = sqlite_insert(table).values(**values).on_conflict_do_nothing()
     else:  # pragma: no cover - the two supported databases are above
         stmt = insert(table).values(**values)
-    result = session.execute(stmt)
-    return bool(getattr(result, "rowcount", 0) == 1)
+    # RETURNING, not rowcount: psycopg reports -1 for an INSERT … ON CONFLICT through SQLAlchemy.
+    key = next(iter(table.primary_key.columns))
+    return session.execute(stmt.returning(key)).first() is not None

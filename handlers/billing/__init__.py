@@ -1,0 +1,1 @@
+"""The billing bounded context (see docs/)."""
