@@ -95,6 +95,17 @@ class Settings:
     # None: built from the request's scheme and Host header.
     terminal_public_url: str | None = None
 
+    # --- storage (docs/storage.md) ---
+    # Where `local` volumes and snapshots live; None: a `volumes` directory next to instances_dir.
+    storage_dir: Path | None = None
+    # sim volume driver: base duration of a volume operation (0.5×–1.5× per action) and the
+    # share of creates, attaches and snapshots that fail.
+    storage_sim_delay_ms: int = 500
+    storage_sim_failure_rate: float = 0.0
+    # How often the storage runner looks for due volume and snapshot work.
+    storage_poll_seconds: float = 0.5
+    # --- end storage ---
+
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
         values: dict[str, object] = {
@@ -126,7 +137,13 @@ class Settings:
             "terminal_ping_interval_seconds": _float("HANGAR_TERMINAL_PING_INTERVAL_SECONDS", 20.0),
             "terminal_ping_timeout_seconds": _float("HANGAR_TERMINAL_PING_TIMEOUT_SECONDS", 20.0),
             "terminal_public_url": os.environ.get("HANGAR_TERMINAL_PUBLIC_URL") or None,
+            # storage
+            "storage_sim_delay_ms": _int("HANGAR_STORAGE_SIM_DELAY_MS", 500),
+            "storage_sim_failure_rate": _float("HANGAR_STORAGE_SIM_FAILURE_RATE", 0.0),
+            "storage_poll_seconds": _float("HANGAR_STORAGE_POLL_SECONDS", 0.5),
         }
+        if os.environ.get("HANGAR_STORAGE_DIR"):
+            values["storage_dir"] = Path(os.environ["HANGAR_STORAGE_DIR"])
         if os.environ.get("HANGAR_INSTANCES_DIR"):
             values["instances_dir"] = Path(os.environ["HANGAR_INSTANCES_DIR"])
         if os.environ.get("HANGAR_DATABASE_URL"):
@@ -135,6 +152,10 @@ class Settings:
         settings = cls(**values)  # type: ignore[arg-type]
         if settings.driver not in ("local", "sim"):
             raise SystemExit(f"HANGAR_DRIVER must be 'local' or 'sim', got {settings.driver!r}")
+        if not 0.0 <= settings.storage_sim_failure_rate <= 1.0:
+            raise SystemExit(
+                f"HANGAR_STORAGE_SIM_FAILURE_RATE must be between 0 and 1, got {settings.storage_sim_failure_rate}"
+            )
         if not 0.0 <= settings.sim_failure_rate <= 1.0:
             raise SystemExit(f"HANGAR_SIM_FAILURE_RATE must be between 0 and 1, got {settings.sim_failure_rate}")
         return settings
