@@ -4,6 +4,10 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The browser console's xterm.js comes from the npm registry at build time (lockfile, no
+# scripts) and is served from hangar/console/node_modules; nothing is fetched at run time.
+CONSOLE := hangar/console
+CONSOLE_STAMP := $(CONSOLE)/node_modules/.installed
 
 .DEFAULT_GOAL := help
 
@@ -16,7 +20,11 @@ $(STAMP): pyproject.toml requirements.lock generated/sdk/pyproject.toml generate
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . -e generated/sdk -e generated/cli
 	@touch $@
 
-install: $(STAMP) ## create .venv and install everything from the project's own files
+$(CONSOLE_STAMP): $(CONSOLE)/package.json $(CONSOLE)/package-lock.json
+	cd $(CONSOLE) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	@touch $@
+
+install: $(STAMP) $(CONSOLE_STAMP) ## create .venv, install Python packages and the console's npm assets from the project's own files
 
 generate: $(STAMP) ## regenerate generated/ from specs (incremental)
 	$(BIN)/python codegen.py generate
@@ -39,13 +47,13 @@ diagram: $(STAMP) ## docs/instance-states.md from the instance state machine (ha
 migrate: $(STAMP) ## apply alembic migrations to HANGAR_DATABASE_URL (default .hangar/hangar.db)
 	$(BIN)/alembic upgrade head
 
-run: $(STAMP) generate migrate ## the platform on embedded defaults at http://127.0.0.1:8080
+run: $(STAMP) $(CONSOLE_STAMP) generate migrate ## the platform on embedded defaults at http://127.0.0.1:8080
 	$(BIN)/hangar-server
 
 worker: $(STAMP) ## outbox relay and consumers (needs HANGAR_BROKER_URL for a separate process to matter)
 	$(BIN)/hangar-worker
 
-test: $(STAMP) ## the whole suite: lint, codegen check, unit, integration (SQLite + PostgreSQL), contract, CLI
+test: $(STAMP) $(CONSOLE_STAMP) ## the whole suite: lint, codegen check, unit, integration (SQLite + PostgreSQL), contract, CLI
 	bash scripts/test.sh
 
 contract: $(STAMP) ## only the contract stage: schemathesis, SDK round trip, security matrix

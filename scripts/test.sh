@@ -13,6 +13,7 @@ step() { printf '\n=== %s ===\n' "$*"; }
 
 step "services"
 bash scripts/services.sh
+bash scripts/browser.sh
 
 step "codegen check (drift + handlers)"
 $BIN/python codegen.py check
