@@ -86,6 +86,9 @@ class Wiring:
     relay: Callable[[Settings, sessionmaker[Session]], Any] | None = None
     # The contexts' start-up work and background services (hangar.background), or None.
     background: Callable[[], Any] | None = None
+    # Routes outside the OpenAPI document (the terminal websocket): middleware(settings,
+    # sessions) → a middleware factory put first in the stack, or None.
+    websockets: Callable[[Settings, sessionmaker[Session]], Any] | None = None
 
 
 def default_wiring() -> Wiring:
@@ -107,7 +110,14 @@ def default_wiring() -> Wiring:
         authenticate=authenticate,
         relay=_make_relay,
         background=_discover_background,
+        websockets=_terminal_routes,
     )
+
+
+def _terminal_routes(settings: Settings, sessions: sessionmaker[Session]) -> Any:
+    from handlers.terminal.gateway import middleware
+
+    return middleware(settings, sessions)
 
 
 def _discover_background() -> Any:
@@ -213,6 +223,8 @@ def create_app(settings: Settings, wiring: Wiring | None = None) -> HangarApp:
         partial(SecurityGate, operations=wiring.operations, gatekeeper=gatekeeper),
         RequestValidationMiddleware,
     ]
+    if wiring.websockets is not None:  # outermost: websocket scopes never enter connexion
+        middlewares.insert(0, wiring.websockets(settings, sessions))
     if settings.validate_responses:
         middlewares.append(ResponseValidationMiddleware)
     middlewares.append(LifespanMiddleware)
@@ -315,7 +327,15 @@ def main() -> None:
 
     import uvicorn
 
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        # Dead terminal peers are found by websocket pings (docs/terminal.md).
+        ws_ping_interval=settings.terminal_ping_interval_seconds,
+        ws_ping_timeout=settings.terminal_ping_timeout_seconds,
+    )
 
 
 if __name__ == "__main__":
