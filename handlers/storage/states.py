@@ -52,7 +52,7 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition(CREATING, ERROR, "host failed to create it"),
     Transition(AVAILABLE, ATTACHING, "attach action"),
     Transition(ATTACHING, IN_USE, "host attached it"),
-    Transition(ATTACHING, AVAILABLE, "attach failed, or the instance went away meanwhile"),
+    Transition(ATTACHING, AVAILABLE, "attach failed on the host"),
     Transition(IN_USE, DETACHING, "detach action, or its instance terminated"),
     Transition(DETACHING, AVAILABLE, "host detached it"),
     Transition(AVAILABLE, DELETING, "delete"),

@@ -270,7 +270,7 @@ class LocalVolumeDriver:
         target = self.volume_dir(task.volume_id)
         if target.is_dir():
             return  # a replay
-        _mkdir_private(target.parent)
+        _mkdir_private(target.parent, parents=True)
         if task.snapshot_id is None:
             _mkdir_private(target)
             return
