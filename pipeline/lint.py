@@ -39,6 +39,10 @@ class Target:
 
 OPENAPI = Target("OpenAPI", ROOT / "specs" / "openapi" / "hangar.yaml", RULES / "openapi.spectral.yaml")
 ASYNCAPI = Target("AsyncAPI", ROOT / "specs" / "asyncapi" / "hangar.yaml", RULES / "asyncapi.spectral.yaml")
+# The terminal websocket protocol: its own AsyncAPI document, not domain events (ADR 0013).
+TERMINAL_WS = Target(
+    "AsyncAPI terminal websocket", ROOT / "specs" / "asyncapi" / "terminal.yaml", RULES / "asyncapi-ws.spectral.yaml"
+)
 
 
 @dataclass(frozen=True, order=True)
@@ -217,7 +221,7 @@ def summarize(name: str, findings: Sequence[Finding]) -> str:
 
 
 def lint(
-    targets: Sequence[Target] = (OPENAPI, ASYNCAPI),
+    targets: Sequence[Target] = (OPENAPI, ASYNCAPI, TERMINAL_WS),
     emits: tuple[Path, Path] | None = (OPENAPI.spec, ASYNCAPI.spec),
 ) -> int:
     """Lint every target and cross-check `emits` (OpenAPI root, AsyncAPI root); print the
