@@ -14,6 +14,9 @@ Naming (the linode-cli way, from the spec's `x-cli` extension):
 - path/query/header parameters and scalar body fields are flags (`apiKeyId` → `--api-key-id`);
   an array of scalars is a repeatable singular flag (`scopes` → `--scope`); enums are choices;
   `--body '<json>'` gives the whole body and the flags override its fields.
+- `x-cli-money: true` on an integer body field in minor units makes its flag take a decimal
+  amount with at most 2 decimals (`--amount 50.00` sends 5000; `50.001`, `-1`, `abc` are usage
+  errors, exit 2); anything but `true`, or on a non-integer field, is a CliSpecError.
 Two Hangar-specific behaviours are declared here, not guessed: which operations store
 credentials in the CLI config (signup, accepting an invitation) and where a path parameter's default comes from
 (`organizationId` → the configured organization, else `GET /v1/me`).
@@ -83,7 +86,7 @@ class Flag:
     location: str  # "path" | "query" | "header" | "body"
     name: str  # the name in the spec ("apiKeyId", "scopes", "Idempotency-Key")
     sdk_arg: str | None  # the SDK function's keyword (parameters only)
-    kind: str  # "str" | "int" | "float" | "bool" | "uuid"
+    kind: str  # "str" | "int" | "float" | "bool" | "uuid" | "money" (x-cli-money: decimal → cents)
     repeated: bool = False
     choices: tuple[str, ...] = ()
     required: bool = False  # argparse-level: a parameter with no default
@@ -265,9 +268,12 @@ def _body_flags(spec: dict[str, Any], body: dict[str, Any]) -> list[Flag]:
         if scalar is None:
             continue  # objects and arrays of objects: only through --body
         kind, choices = scalar
+        kind = _money(prop, name, kind, repeated)
         text = _help(prop)
         if name in required:
             text = f"{text} (required)".strip()
+        if kind == "money":
+            text = f"{text} A decimal amount with at most 2 decimals (50, 50.00); sent in cents.".strip()
         if repeated:
             text = f"{text} Repeat the flag for several values.".strip()
         flags.append(
@@ -285,6 +291,24 @@ def _body_flags(spec: dict[str, Any], body: dict[str, Any]) -> list[Flag]:
             )
         )
     return flags
+
+
+def _money(prop: dict[str, Any], name: str, kind: str, repeated: bool) -> str:
+    """The flag kind of a body property: "money" with `x-cli-money: true` on an integer in minor
+    units (cents), so `--amount 50.00` sends 5000; anything else is a CliSpecError."""
+    money = prop.get("x-cli-money")
+    if money is None:
+        return kind
+    if money is not True:
+        raise CliSpecError(f"field `{name}`: x-cli-money must be true, not {money!r}")
+    if kind != "int" or repeated:
+        raise CliSpecError(f"field `{name}`: x-cli-money goes on an integer field in minor units (cents)")
+    return "money"
+
+
+def money_text(cents: Any) -> str:
+    """5000 → "50.00": how an example amount in cents is written on a command line."""
+    return f"{int(cents) // 100}.{int(cents) % 100:02d}" if isinstance(cents, int) and cents >= 0 else str(cents)
 
 
 def _success(op: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
@@ -320,7 +344,8 @@ def _example_line(command: Command, spec: dict[str, Any], body_example: dict[str
             value = body_example.get(flag.name)
             values = value if isinstance(value, list) else [value]
             for item in values[:1] if flag.repeated else values:
-                parts += [flag.option] if flag.kind == "bool" else [flag.option, str(item)]
+                text = money_text(item) if flag.kind == "money" else str(item)
+                parts += [flag.option] if flag.kind == "bool" else [flag.option, text]
         elif flag.required and flag.location == "path":
             parts.append(str(_param_example(spec, command, flag)))  # positional (templates/cli parser)
         elif flag.required:
@@ -593,7 +618,10 @@ def _build(spec: dict[str, Any], asyncapi_dir: Path) -> tuple[list[Command], lis
                 raise CliSpecError(f"{op_id}: the request body must be a $ref to a named schema")
             body = _resolve(spec, body_schema)
             body_required = tuple(body.get("required", ()))
-            flags += _body_flags(spec, body)
+            try:
+                flags += _body_flags(spec, body)
+            except CliSpecError as error:
+                raise CliSpecError(f"{op_id}: {error}") from None
         status, response_schema = _success(op)
         cli = op.get("x-cli") or {}
         saves = CREDENTIAL_OPERATIONS.get(op_id, {})
@@ -721,7 +749,7 @@ class Protocol:
     address: str
     channels: tuple[tuple[str, int], ...]  # (role, channel byte)
     messages: tuple[tuple[str, str], ...]  # (role, the message's name in the document)
-    close_codes: tuple[tuple[int, str], ...]  # (code, plain message)
+    close_codes: tuple[tuple[int, str, str], ...]  # (code, reason slug, plain message)
     schemas: tuple[tuple[str, Any], ...]  # (role, JSON schema of its JSON payload)
 
 
@@ -733,6 +761,8 @@ def _stream_fail(op_id: str) -> Any:
 
 
 def _asyncapi_document(document: str, asyncapi_dir: Path, fail: Any) -> dict[str, Any]:
+    import yaml
+
     from pipeline.bundle import BundleError, Bundler
 
     if not isinstance(document, str) or "/" in document or not document.endswith((".yaml", ".yml")):
@@ -742,54 +772,66 @@ def _asyncapi_document(document: str, asyncapi_dir: Path, fail: Any) -> dict[str
         raise fail(f"asyncapi names {document}, which is not in {asyncapi_dir.relative_to(ROOT)}/")
     try:
         doc = Bundler(path).bundle()
-    except BundleError as error:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (BundleError, yaml.YAMLError) as error:
         raise fail(f"cannot read {document}: {error}") from None
+    # The bundler drops top-level x- keys (anchor holders elsewhere); here they carry the protocol.
+    doc.update({k: v for k, v in raw.items() if k.startswith("x-")} if isinstance(raw, dict) else {})
     if not str(doc.get("asyncapi", "")).startswith("3."):
         raise fail(f"{document} is not an AsyncAPI 3 document")
     return doc
 
 
 def _channel_byte(message: dict[str, Any]) -> int | None:
-    """A message's channel byte: `x-channel` on the message (or in its ws binding)."""
-    for holder in (message, (message.get("bindings") or {}).get("ws") or {}):
-        value = holder.get("x-channel", holder.get("x-channel-byte"))
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
+    """A message's channel byte: its `x-channel-byte` (byte 0 of every frame)."""
+    value = message.get("x-channel-byte")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _subprotocol(doc: dict[str, Any], channel: dict[str, Any]) -> str | None:
-    """`x-subprotocol` on the channel, else on a server (or its ws binding), else in `info`."""
-    holders: list[Any] = [channel, *(doc.get("servers") or {}).values(), doc.get("info") or {}]
-    for holder in holders:
-        if not isinstance(holder, dict):
-            continue
-        for node in (holder, (holder.get("bindings") or {}).get("ws") or {}):
-            value = node.get("x-subprotocol") if isinstance(node, dict) else None
-            if isinstance(value, str) and value:
-                return value
-    return None
+    """`x-subprotocol` on the channel, else at the top of the document."""
+    value = channel.get("x-subprotocol", doc.get("x-subprotocol"))
+    return value if isinstance(value, str) and value else None
 
 
-def _close_codes(doc: dict[str, Any], channel: dict[str, Any], fail: Any) -> tuple[tuple[int, str], ...]:
-    """`x-close-codes` on the channel (else at the top): a list of {code, description} or a map code → text."""
+def _close_message(text: str) -> str:
+    """A close code's description as a plain message: its protocol notes ("…; after the exit
+    frame") dropped, no final full stop, lower-case first (it follows "error: …: ")."""
+    parts = [p.strip() for p in " ".join(text.split()).rstrip(".").split(";")]
+    kept = "; ".join(p for p in parts if p and "exit frame" not in p) or parts[0]
+    first = kept.split()[0] if kept.split() else ""
+    return kept if len(first) > 1 and first.isupper() else kept[:1].lower() + kept[1:]
+
+
+def _close_codes(doc: dict[str, Any], channel: dict[str, Any], fail: Any) -> tuple[tuple[int, str, str], ...]:
+    """`x-close-codes` on the channel, else at the top: {code: {reason, description}}."""
     raw = channel.get("x-close-codes", doc.get("x-close-codes"))
-    if raw is None:
-        raise fail("the channel declares no x-close-codes")
-    items: list[tuple[Any, Any]] = (
-        list(raw.items()) if isinstance(raw, dict) else [(i.get("code"), i) for i in raw if isinstance(i, dict)]
-    )
-    found: dict[int, str] = {}
-    for code, entry in items:
-        text = entry.get("description") or entry.get("message") if isinstance(entry, dict) else entry
+    if not isinstance(raw, dict) or not raw:
+        raise fail("the AsyncAPI document declares no x-close-codes ({code: {reason, description}})")
+    found: dict[int, tuple[str, str]] = {}
+    for code, entry in raw.items():
         try:
             number = int(code)
         except (TypeError, ValueError):
             raise fail(f"close code {code!r} is not a number") from None
-        if not (1000 <= number <= 4999) or not isinstance(text, str) or not text.strip():
+        description = entry.get("description") if isinstance(entry, dict) else None
+        reason = entry.get("reason", "") if isinstance(entry, dict) else ""
+        if not (1000 <= number <= 4999) or not isinstance(description, str) or not description.strip():
             raise fail(f"close code {code!r} needs a code in 1000..4999 and a description")
-        found[number] = " ".join(text.split()).rstrip(".")
-    return tuple(sorted(found.items()))
+        if not isinstance(reason, str):
+            raise fail(f"close code {code!r}: its reason must be a string")
+        found[number] = (reason, _close_message(description))
+    return tuple((code, reason, text) for code, (reason, text) in sorted(found.items()))
+
+
+# The direction each role's message must declare (when it declares one: `x-direction`).
+STREAM_DIRECTIONS = {
+    "stdin": "client-to-server",
+    "resize": "client-to-server",
+    "auth": "client-to-server",
+    "stdout": "server-to-client",
+    "exit": "server-to-client",
+}
 
 
 def read_protocol(document: str, channel_id: str | None, asyncapi_dir: Path, op_id: str) -> Protocol:
@@ -806,7 +848,7 @@ def read_protocol(document: str, channel_id: str | None, asyncapi_dir: Path, op_
     channel = _resolve(doc, channels[channel_id])
     subprotocol = _subprotocol(doc, channel)
     if subprotocol is None:
-        raise fail(f"{document} declares no x-subprotocol (on the channel {channel_id} or a server)")
+        raise fail(f"{document} declares no x-subprotocol (at its top or on the channel {channel_id})")
     by_role: dict[str, tuple[str, dict[str, Any]]] = {}
     for key, raw in (channel.get("messages") or {}).items():
         message = _resolve(doc, raw)
@@ -822,7 +864,10 @@ def read_protocol(document: str, channel_id: str | None, asyncapi_dir: Path, op_
     for role, (name, message) in by_role.items():
         byte = _channel_byte(message)
         if byte is None or not 0 <= byte <= 255:
-            raise fail(f"message {name} of {document} has no channel byte (x-channel: 0..255)")
+            raise fail(f"message {name} of {document} has no channel byte (x-channel-byte: 0..255)")
+        direction = message.get("x-direction", STREAM_DIRECTIONS[role])
+        if direction != STREAM_DIRECTIONS[role]:
+            raise fail(f"message {name} of {document} goes {direction}; the runner needs {STREAM_DIRECTIONS[role]}")
         bytes_[role] = byte
         if role in STREAM_JSON_FIELDS:
             payload = _resolve(doc, message.get("payload") or {})
@@ -915,7 +960,8 @@ def stream_commands(
             raise fail(f"shell: the request body requires {', '.join(required)}; a login shell sends none of it")
         commands.append(
             replace(
-                base, words=(group, name), summary=f"Open an interactive terminal on {_article(noun)} {noun}",
+                base, words=(group, name), description="",
+                summary=f"Open an interactive terminal on {_article(noun)} {noun}",
                 kind="stream", flags=flags, body_option=False, columns=(),
                 stream=Stream(protocol.module, pointers["url"], pointers["ticket"], True, None, size_fields),
             )
@@ -938,7 +984,8 @@ def stream_commands(
             raise fail(f"exec: the request body requires {', '.join(r for r in required if r != argv)}")
         commands.append(
             replace(
-                base, words=(group, name), summary=f"Run one command on {_article(noun)} {noun} and exit with its code",
+                base, words=(group, name), description="",
+                summary=f"Run one command on {_article(noun)} {noun} and exit with its code",
                 kind="stream", flags=flags, body_option=False, columns=(),
                 stream=Stream(protocol.module, pointers["url"], pointers["ticket"], False, argv, size_fields),
             )

@@ -319,17 +319,17 @@ class Runner:
             return exit_code
         known = self.proto.CLOSE_CODES.get(code) if code is not None else None
         if known:
-            message = known
+            message = f"the terminal session ended: {known}"
         elif code in (None, 1006):
             message = "the connection to the terminal gateway was lost"
         elif code == 1000:
-            message = "the session ended without an exit code"
+            message = "the terminal session ended without an exit code"
         else:
             message = f"the terminal gateway closed the session (code {code})"
         detail = (self.exit or {}).get("reason") or reason
-        if detail and detail not in message:
+        if detail and detail != self.proto.CLOSE_REASONS.get(code) and detail not in message:
             message += f" ({detail})"
-        if code is not None and code not in (1000, 1006):
+        if code is not None and code != 1006:
             message += f" [close code {code}]"
         raise SessionFailed(message)
 
