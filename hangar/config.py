@@ -106,6 +106,19 @@ class Settings:
     storage_poll_seconds: float = 0.5
     # --- end storage ---
 
+    # --- payments (docs/payments.md) ---
+    # Webhook signing secrets of the sandbox provider: the first signs, every one verifies (add
+    # the new one first to rotate, drop the old one later). Empty: a random secret generated
+    # once per database (payments_provider_secrets) — fine for one deployment, set them for more.
+    payments_webhook_secrets: tuple[str, ...] = ()
+    # Where the sandbox provider POSTs its signed events (e.g. http://127.0.0.1:8080/v1/payments/
+    # webhooks/sandbox); None: delivered in-process through the same verify-and-apply function.
+    payments_webhook_url: str | None = None
+    # How long after a confirmation the sandbox provider sends its outcome.
+    payments_sandbox_delay_ms: int = 1000
+    # A signed webhook's timestamp may be this far from now, either way.
+    payments_webhook_tolerance_seconds: int = 300
+    # --- end payments ---
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
         values: dict[str, object] = {
@@ -137,6 +150,14 @@ class Settings:
             "terminal_ping_interval_seconds": _float("HANGAR_TERMINAL_PING_INTERVAL_SECONDS", 20.0),
             "terminal_ping_timeout_seconds": _float("HANGAR_TERMINAL_PING_TIMEOUT_SECONDS", 20.0),
             "terminal_public_url": os.environ.get("HANGAR_TERMINAL_PUBLIC_URL") or None,
+            # --- payments ---
+            "payments_webhook_secrets": tuple(
+                s.strip() for s in os.environ.get("HANGAR_PAYMENTS_WEBHOOK_SECRETS", "").split(",") if s.strip()
+            ),
+            "payments_webhook_url": os.environ.get("HANGAR_PAYMENTS_WEBHOOK_URL") or None,
+            "payments_sandbox_delay_ms": _int("HANGAR_PAYMENTS_SANDBOX_DELAY_MS", 1000),
+            "payments_webhook_tolerance_seconds": _int("HANGAR_PAYMENTS_WEBHOOK_TOLERANCE_SECONDS", 300),
+            # --- end payments ---
             # storage
             "storage_sim_delay_ms": _int("HANGAR_STORAGE_SIM_DELAY_MS", 500),
             "storage_sim_failure_rate": _float("HANGAR_STORAGE_SIM_FAILURE_RATE", 0.0),
@@ -158,4 +179,12 @@ class Settings:
             )
         if not 0.0 <= settings.sim_failure_rate <= 1.0:
             raise SystemExit(f"HANGAR_SIM_FAILURE_RATE must be between 0 and 1, got {settings.sim_failure_rate}")
+        # --- payments ---
+        if settings.payments_sandbox_delay_ms < 0 or settings.payments_webhook_tolerance_seconds < 1:
+            raise SystemExit(
+                "HANGAR_PAYMENTS_SANDBOX_DELAY_MS must be >= 0, HANGAR_PAYMENTS_WEBHOOK_TOLERANCE_SECONDS >= 1"
+            )
+        if any(len(secret) < 16 for secret in settings.payments_webhook_secrets):
+            raise SystemExit("every HANGAR_PAYMENTS_WEBHOOK_SECRETS entry must be at least 16 characters")
+        # --- end payments ---
         return settings

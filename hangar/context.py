@@ -9,6 +9,7 @@ everything back. Handlers never commit.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -38,6 +39,10 @@ class RequestContext:
     principal: Principal | None = None
     client_address: str = "unknown"
     now: datetime = field(default_factory=utcnow)
+    # The request body's bytes as received, and the declared header parameters (validated, by
+    # spec name): for handlers that verify a signature over the body (the payments webhook).
+    raw_body: bytes | None = None
+    headers: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def caller(self) -> Principal:

@@ -107,6 +107,8 @@ class Invoker:
                 principal=principal,
                 client_address=state.client_address,
                 now=state.now,
+                raw_body=state.raw_body,
+                headers=state.params,
             )
             key = state.params.get(IDEMPOTENCY_HEADER) if op.idempotent else None
             if key is not None:
@@ -139,7 +141,13 @@ class Invoker:
         scope = f"key:{principal.api_key_id}" if principal is not None else f"addr:{state.client_address}"
         params = {p.name: state.params.get(p.name) for p in op.params}
         try:
-            outcome = self._idempotency.begin(scope, op.operation_id, key, fingerprint(params, raw_body), state.now)
+            # `x-sensitive` fields (card numbers) enter the fingerprint masked: the idempotency
+            # table must not hold a hash of them, which their small keyspace would let anyone
+            # reverse (hangar.validators.CompiledSchema.masked).
+            fingerprinted = state.masked_body if state.masked_body is not None else raw_body
+            outcome = self._idempotency.begin(
+                scope, op.operation_id, key, fingerprint(params, fingerprinted), state.now
+            )
         except Problem as problem:
             return render_problem(problem, state.request_id, state.path)
         if isinstance(outcome, StoredResponse):

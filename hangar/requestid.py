@@ -53,6 +53,14 @@ class RequestState:
     params: dict[str, Any] = field(default_factory=dict)
     # The parsed JSON body (None when the operation has none or it was empty).
     body: Any = None
+    # The body's bytes exactly as received (None without a body): what a signature over the
+    # body is computed on (the payments webhook), since re-serialising the parsed JSON would
+    # not give the same bytes.
+    raw_body: bytes | None = None
+    # The parsed body with `x-sensitive` fields (card numbers) masked (hangar.validators.mask):
+    # what the idempotency fingerprint hashes instead of `body` (hangar.validators); None when
+    # the schema has no such field.
+    masked_body: Any = None
     principal: Principal | None = None
     # True once authentication, scopes and rate limits have been applied to this request.
     admitted: bool = False

@@ -94,19 +94,35 @@ def to_json_schema(schema: Any) -> Any:
     return out
 
 
-def _sensitive_paths(schema: Any, path: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
-    """Property paths holding `format: password`: their values never appear in messages."""
+def _sensitive_paths(schema: Any, path: tuple[str, ...] = (), *, marker: str | None = None) -> set[tuple[str, ...]]:
+    """Property paths holding `format: password` or `x-sensitive: true` (card numbers): their
+    values never appear in messages. With `marker="x-sensitive"`, only the latter."""
     found: set[tuple[str, ...]] = set()
     if not isinstance(schema, dict):
         return found
-    if schema.get("format") == "password":
+    if schema.get("x-sensitive") is True or (marker is None and schema.get("format") == "password"):
         found.add(path)
     for name, sub in (schema.get("properties") or {}).items():
-        found |= _sensitive_paths(sub, (*path, name))
+        found |= _sensitive_paths(sub, (*path, name), marker=marker)
     for key in ("allOf", "anyOf", "oneOf"):
         for sub in schema.get(key) or []:
-            found |= _sensitive_paths(sub, path)
+            found |= _sensitive_paths(sub, path, marker=marker)
     return found
+
+
+def _at(instance: Any, path: tuple[str, ...]) -> Any:
+    for part in path:
+        if not isinstance(instance, dict) or part not in instance:
+            return None
+        instance = instance[part]
+    return instance
+
+
+def mask(value: Any) -> Any:
+    """What a sensitive value becomes in an idempotency fingerprint: a card number keeps its
+    last 4 digits (which responses show anyway), anything shorter keeps only its length."""
+    text = str(value)
+    return "*" * (len(text) - 4) + text[-4:] if len(text) >= 12 else "*" * len(text)
 
 
 class CompiledSchema:
@@ -115,19 +131,38 @@ class CompiledSchema:
     def __init__(self, schema: Mapping[str, Any]) -> None:
         self._validator = jsonschema_rs.Draft202012Validator(to_json_schema(dict(schema)), validate_formats=True)
         self._sensitive = _sensitive_paths(schema)
+        self._masked = sorted(_sensitive_paths(schema, marker="x-sensitive"))
+
+    @property
+    def has_masked(self) -> bool:
+        return bool(self._masked)
+
+    def masked(self, instance: Any) -> Any:
+        """`instance` with every `x-sensitive` value masked (see `mask`), for fingerprints."""
+        if not self._masked or not isinstance(instance, dict):
+            return instance
+        out = json.loads(json.dumps(instance))
+        for path in self._masked:
+            parent = _at(out, path[:-1]) if path else None
+            if isinstance(parent, dict) and path[-1] in parent and parent[path[-1]] is not None:
+                parent[path[-1]] = mask(parent[path[-1]])
+        return out
 
     def is_valid(self, instance: Any) -> bool:
         return bool(self._validator.is_valid(instance))
 
     def errors(self, instance: Any, prefix: str) -> list[dict[str, str]]:
         found = []
+        # A message about an enclosing object can quote it whole (`[...] is not of type
+        # "object"`), sensitive values included: such a message is redacted too.
+        secrets = [str(v) for v in (_at(instance, p) for p in self._sensitive) if isinstance(v, str | int) and v != ""]
         for error in self._validator.iter_errors(instance):
             path = [str(p) for p in error.instance_path]
             kind = error.kind
             if type(kind).__name__ == "Required":
                 path.append(str(kind.property))  # type: ignore[attr-defined]
             message = error.message
-            if tuple(str(p) for p in error.instance_path) in self._sensitive:
+            if tuple(str(p) for p in error.instance_path) in self._sensitive or any(v in message for v in secrets):
                 message = _redacted(kind)
             found.append({"location": ".".join([prefix, *path]), "message": message})
         return found
@@ -362,7 +397,11 @@ class JSONBodyValidator(AbstractRequestBodyValidator):
         else:
             body = parse_json(raw, self._encoding)
             self._validate(body)
-        state_of(scope).body = body
+        state = state_of(scope)
+        state.body = body
+        state.raw_body = raw
+        if self._compiled.has_masked:
+            state.masked_body = self._compiled.masked(body)
         return _replay(raw), scope
 
     def _validate(self, body: Any) -> None:

@@ -1,0 +1,28 @@
+"""The deployment settings the payments API side needs (the sandbox delay, the webhook secrets
+and tolerance). A RequestContext carries no Settings, so the context keeps the process's:
+background.prepare records them once per app or worker; code that runs without a prepare (a
+script, a unit test) gets the environment's — what a prepare would have recorded. The same
+shape as handlers/provisioning/configuration.py."""
+
+from __future__ import annotations
+
+import threading
+
+from hangar.config import Settings
+
+_lock = threading.Lock()
+_current: Settings | None = None
+
+
+def configure(settings: Settings) -> None:
+    global _current
+    with _lock:
+        _current = settings
+
+
+def current() -> Settings:
+    global _current
+    with _lock:
+        if _current is None:
+            _current = Settings.from_env()
+        return _current
