@@ -181,7 +181,10 @@ def test_snapshot_lifecycle_and_restore(tenant: Tenant, backdoor: Backdoor) -> N
     assert deleting.status_code == 202 and deleting.json()["state"] in ("deleting", "deleted")
     wait_for(lambda: tenant.get(f"/v1/snapshots/{snap['id']}").json()["state"] == "deleted")
     assert tenant.delete(f"/v1/snapshots/{snap['id']}").json()["state"] == "deleted", "idempotent"
-    assert [k for k in backdoor.kinds(snap["id"]) if k.startswith("snapshot.")] == ["snapshot.completed", "snapshot.deleted"]
+    assert [k for k in backdoor.kinds(snap["id"]) if k.startswith("snapshot.")] == [
+        "snapshot.completed",
+        "snapshot.deleted",
+    ]
     assert_problem(tenant.create("late", size_gib=20, snapshot_id=snap["id"]), 409, "invalid-state")
 
 
