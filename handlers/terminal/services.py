@@ -287,12 +287,7 @@ def _close_where(session: Session, condition: Any, reason: str, now: datetime) -
         session.execute(
             update(TerminalSession)
             .where(condition, TerminalSession.status == "pending")
-            .values(
-                status="ended",
-                ended_at=now,
-                end_reason=reason,
-                ticket_used_at=func.coalesce(TerminalSession.ticket_used_at, now),
-            )
+            .values(status="ended", ended_at=now, end_reason=reason)
             .execution_options(synchronize_session=False)
         )
     )
@@ -371,70 +366,89 @@ def admit(
         target = row.id
         org = row.organization_id
 
+    # The refusals below end the session (a write that must commit), so they are returned
+    # from the transaction and raised after it.
     with sessions() as session, session.begin():
-        row = session.scalar(select(TerminalSession).where(TerminalSession.id == target).with_for_update())
-        assert row is not None
-        if row.id != session_id:
-            if row.status == "pending":
-                _end(session, row, "ticket_refused", None, now, emit=False)
-            audit.warning("terminal.refused session=%s ticket_for=%s reason=wrong_session", session_id, row.id)
-            raise Refused(CLOSE_NOT_FOUND, "no such terminal session")
-        if row.status != "pending":
-            raise Refused(CLOSE_UNAUTHORIZED, f"the session is {row.status} ({row.end_reason or 'no reason'})")
-        if row.ticket_expires_at <= now:
-            _end(session, row, "ticket_expired", None, now, emit=False)
-            raise Refused(CLOSE_UNAUTHORIZED, "the ticket has expired")
-        view = published.instance_view(session, org, row.instance_id)
-        if view is None:
-            _end(session, row, "instance_not_running", None, now, emit=False)
-            raise Refused(CLOSE_NOT_FOUND, "the instance no longer exists")
-        if view.state != RUNNING:
-            _end(session, row, "instance_not_running", None, now, emit=False)
-            raise Refused(CLOSE_NOT_RUNNING, f"the instance is {view.state}")
-        _lock_organization(session, org)
-        active = int(
-            session.scalar(
-                select(func.count())
-                .select_from(TerminalSession)
-                .where(TerminalSession.organization_id == org, TerminalSession.status == "active")
-            )
-            or 0
+        outcome = _admit_in(session, settings, target, org, session_id, client_address, now)
+    if isinstance(outcome, Refused):
+        raise outcome
+    return outcome
+
+
+def _admit_in(
+    session: Session,
+    settings: Settings,
+    target: uuid.UUID,
+    org: uuid.UUID,
+    session_id: uuid.UUID,
+    client_address: str | None,
+    now: datetime,
+) -> Admission | Refused:
+    row = session.scalar(select(TerminalSession).where(TerminalSession.id == target).with_for_update())
+    assert row is not None
+    if row.id != session_id:
+        if row.status == "pending":
+            _end(session, row, "ticket_refused", None, now, emit=False)
+        audit.warning("terminal.refused session=%s ticket_for=%s reason=wrong_session", session_id, row.id)
+        return Refused(CLOSE_NOT_FOUND, "no such terminal session")
+    if row.status == "ended" and row.end_reason in ("instance_stopped", "instance_not_running"):
+        return Refused(CLOSE_NOT_RUNNING, "the instance is not running")
+    if row.status != "pending":
+        return Refused(CLOSE_UNAUTHORIZED, f"the session is {row.status} ({row.end_reason or 'no reason'})")
+    if row.ticket_expires_at <= now:
+        _end(session, row, "ticket_expired", None, now, emit=False)
+        return Refused(CLOSE_UNAUTHORIZED, "the ticket has expired")
+    view = published.instance_view(session, org, row.instance_id)
+    if view is None:
+        _end(session, row, "instance_not_running", None, now, emit=False)
+        return Refused(CLOSE_NOT_FOUND, "the instance no longer exists")
+    if view.state != RUNNING:
+        _end(session, row, "instance_not_running", None, now, emit=False)
+        return Refused(CLOSE_NOT_RUNNING, f"the instance is {view.state}")
+    _lock_organization(session, org)
+    active = int(
+        session.scalar(
+            select(func.count())
+            .select_from(TerminalSession)
+            .where(TerminalSession.organization_id == org, TerminalSession.status == "active")
         )
-        if active >= settings.terminal_max_sessions_per_org:
-            _end(session, row, "session_limit", None, now, emit=False)
-            raise Refused(CLOSE_TOO_MANY, f"the organization already has {active} attached session(s)")
-        row.status = "active"
-        row.started_at = now
-        row.heartbeat_at = now
-        if client_address:
-            row.client_address = client_address[:64]
-        outbox.record(
-            session,
-            "terminal.session_started",
-            org,
-            {
-                "session_id": str(row.id),
-                "instance_id": str(row.instance_id),
-                "api_key_id": str(row.api_key_id),
-                "interactive": row.command is None,
-            },
-            occurred_at=now,
-        )
-        audit.info(
-            "terminal.session_started session=%s org=%s instance=%s key=%s interactive=%s client=%s",
-            row.id, org, row.instance_id, row.api_key_id, row.command is None, row.client_address,
-        )  # fmt: skip
-        return Admission(
-            session_id=row.id,
-            organization_id=org,
-            instance_id=row.instance_id,
-            api_key_id=row.api_key_id,
-            command=list(row.command) if row.command else None,
-            cols=row.cols,
-            rows=row.rows,
-            instance=view,
-            started_at=now,
-        )
+        or 0
+    )
+    if active >= settings.terminal_max_sessions_per_org:
+        _end(session, row, "session_limit", None, now, emit=False)
+        return Refused(CLOSE_TOO_MANY, f"the organization already has {active} attached session(s)")
+    row.status = "active"
+    row.started_at = now
+    row.heartbeat_at = now
+    if client_address:
+        row.client_address = client_address[:64]
+    outbox.record(
+        session,
+        "terminal.session_started",
+        org,
+        {
+            "session_id": str(row.id),
+            "instance_id": str(row.instance_id),
+            "api_key_id": str(row.api_key_id),
+            "interactive": row.command is None,
+        },
+        occurred_at=now,
+    )
+    audit.info(
+        "terminal.session_started session=%s org=%s instance=%s key=%s interactive=%s client=%s",
+        row.id, org, row.instance_id, row.api_key_id, row.command is None, row.client_address,
+    )  # fmt: skip
+    return Admission(
+        session_id=row.id,
+        organization_id=org,
+        instance_id=row.instance_id,
+        api_key_id=row.api_key_id,
+        command=list(row.command) if row.command else None,
+        cols=row.cols,
+        rows=row.rows,
+        instance=view,
+        started_at=now,
+    )
 
 
 @dataclass(frozen=True)
