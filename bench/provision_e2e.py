@@ -102,6 +102,7 @@ def _environment(args: argparse.Namespace) -> dict[str, str]:
         "HANGAR_QUOTA_GPUS": "100000",
         "HANGAR_RATE_LIMIT_PER_MINUTE": "10000000",
         "HANGAR_PUBLIC_RATE_LIMIT_PER_MINUTE": "100000",
+        "HANGAR_BILLING_SIGNUP_CREDIT": "1000000000",  # launches need credit (a billing hold each)
         "HANGAR_LOG_JSON": "0",
     }
 

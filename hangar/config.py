@@ -94,17 +94,20 @@ class Settings:
     # The websocket base URL put in createTerminalSession's `url` (e.g. wss://api.hangar.dev);
     # None: built from the request's scheme and Host header.
     terminal_public_url: str | None = None
-
-    # --- storage (docs/storage.md) ---
-    # Where `local` volumes and snapshots live; None: a `volumes` directory next to instances_dir.
-    storage_dir: Path | None = None
-    # sim volume driver: base duration of a volume operation (0.5×–1.5× per action) and the
-    # share of creates, attaches and snapshots that fail.
-    storage_sim_delay_ms: int = 500
-    storage_sim_failure_rate: float = 0.0
-    # How often the storage runner looks for due volume and snapshot work.
-    storage_poll_seconds: float = 0.5
-    # --- end storage ---
+    # --- billing: metering and holds (docs/billing.md "Metering") ---
+    # Credit (minor units) a new organization's wallet starts with; 0 for `make run`, high in tests.
+    billing_signup_credit: int = 0
+    # A launch or start is refused (402) unless the wallet can hold this many seconds of the
+    # instance's price (the "minimum run time"); running resources keep a rolling hold this long.
+    billing_hold_seconds: int = 600
+    # A hold nobody posts or voids lapses after this long (the ledger's expiry sweep).
+    billing_hold_timeout_seconds: int = 86_400
+    # How often the metering tick charges running resources.
+    billing_tick_seconds: float = 60.0
+    # billing.balance_low is emitted when an organization's spendable balance falls below this.
+    billing_low_balance_threshold: int = 500
+    # Volumes: price per GiB per month of 730 hours, integer minor units.
+    billing_volume_price_per_gib_month: int = 10
 
     # --- payments (docs/payments.md) ---
     # Webhook signing secrets of the sandbox provider: the first signs, every one verifies (add
@@ -119,6 +122,18 @@ class Settings:
     # A signed webhook's timestamp may be this far from now, either way.
     payments_webhook_tolerance_seconds: int = 300
     # --- end payments ---
+
+    # --- storage (docs/storage.md) ---
+    # Where `local` volumes and snapshots live; None: a `volumes` directory next to instances_dir.
+    storage_dir: Path | None = None
+    # sim volume driver: base duration of a volume operation (0.5×–1.5× per action) and the
+    # share of creates, attaches and snapshots that fail.
+    storage_sim_delay_ms: int = 500
+    storage_sim_failure_rate: float = 0.0
+    # How often the storage runner looks for due volume and snapshot work.
+    storage_poll_seconds: float = 0.5
+    # --- end storage ---
+
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
         values: dict[str, object] = {
@@ -140,6 +155,13 @@ class Settings:
             "saga_max_attempts": _int("HANGAR_SAGA_MAX_ATTEMPTS", 3),
             "quota_vcpus": _int("HANGAR_QUOTA_VCPUS", 64),
             "quota_gpus": _int("HANGAR_QUOTA_GPUS", 8),
+            # billing (metering and holds)
+            "billing_signup_credit": _int("HANGAR_BILLING_SIGNUP_CREDIT", 0),
+            "billing_hold_seconds": _int("HANGAR_BILLING_HOLD_SECONDS", 600),
+            "billing_hold_timeout_seconds": _int("HANGAR_BILLING_HOLD_TIMEOUT_SECONDS", 86_400),
+            "billing_tick_seconds": _float("HANGAR_BILLING_TICK_SECONDS", 60.0),
+            "billing_low_balance_threshold": _int("HANGAR_BILLING_LOW_BALANCE_THRESHOLD", 500),
+            "billing_volume_price_per_gib_month": _int("HANGAR_BILLING_VOLUME_PRICE_PER_GIB_MONTH", 10),
             # terminal
             "terminal_ticket_ttl_seconds": _int("HANGAR_TERMINAL_TICKET_TTL_SECONDS", 30),
             "terminal_idle_timeout_seconds": _float("HANGAR_TERMINAL_IDLE_TIMEOUT_SECONDS", 900.0),
@@ -179,6 +201,12 @@ class Settings:
             )
         if not 0.0 <= settings.sim_failure_rate <= 1.0:
             raise SystemExit(f"HANGAR_SIM_FAILURE_RATE must be between 0 and 1, got {settings.sim_failure_rate}")
+        if settings.billing_signup_credit < 0 or settings.billing_low_balance_threshold < 0:
+            raise SystemExit("HANGAR_BILLING_SIGNUP_CREDIT and HANGAR_BILLING_LOW_BALANCE_THRESHOLD must be >= 0")
+        if settings.billing_hold_seconds < 0 or settings.billing_volume_price_per_gib_month < 0:
+            raise SystemExit("HANGAR_BILLING_HOLD_SECONDS and HANGAR_BILLING_VOLUME_PRICE_PER_GIB_MONTH must be >= 0")
+        if settings.billing_tick_seconds <= 0 or settings.billing_hold_timeout_seconds <= 0:
+            raise SystemExit("HANGAR_BILLING_TICK_SECONDS and HANGAR_BILLING_HOLD_TIMEOUT_SECONDS must be > 0")
         # --- payments ---
         if settings.payments_sandbox_delay_ms < 0 or settings.payments_webhook_tolerance_seconds < 1:
             raise SystemExit(

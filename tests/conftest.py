@@ -35,6 +35,9 @@ from sqlalchemy.exc import OperationalError
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 PASSWORD = "correct-horse-battery-staple"
+# payments: the webhook secret every test app and live server is configured with (the sandbox
+# provider signs with it; tests sign their own events with it), and a short sandbox delay.
+PAYMENTS_WEBHOOK_SECRET = "whsec_test_suite_0123456789abcdef"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -162,6 +165,15 @@ def database_url(databases: _Databases) -> str:
     return databases.fresh()
 
 
+@pytest.fixture(autouse=True)
+def billing_credit_in_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings read from the environment (Settings.from_env: a context's configuration
+    before any app prepared it, a subprocess) give new organizations plenty of credit, like
+    make_settings: launches need a billing hold. Billing's own tests pass explicit settings."""
+    if "HANGAR_BILLING_SIGNUP_CREDIT" not in os.environ:
+        monkeypatch.setenv("HANGAR_BILLING_SIGNUP_CREDIT", "10000000")
+
+
 @pytest.fixture
 def make_settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Any]:
     """make_settings(**overrides) → Settings on this test's database. Test defaults:
@@ -180,6 +192,15 @@ def make_settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -
             "sim_delay_ms": 30,
             "saga_poll_seconds": 0.02,
             "instances_dir": tmp_path_factory.mktemp("instances"),
+            # payments (helper C): a known webhook secret and a short sandbox delay
+            "payments_webhook_secrets": (PAYMENTS_WEBHOOK_SECRET,),
+            "payments_sandbox_delay_ms": 50,
+            # Launches need credit (a hold per create/start): plenty, so tests that are not
+            # about billing never meet a 402. Billing's own tests pass 0 and top up.
+            "billing_signup_credit": 10_000_000,
+            # storage (helper E): the sim volume driver and its runner as quick as the saga
+            "storage_sim_delay_ms": 30,
+            "storage_poll_seconds": 0.02,
         }
         values.update(overrides)
         return Settings(**values)
@@ -300,6 +321,12 @@ def start_server(database_url: str, log: Path, **env: str) -> LiveServer:
         "HANGAR_SIM_DELAY_MS": "50",
         "HANGAR_SAGA_POLL_SECONDS": "0.05",
         "HANGAR_INSTANCES_DIR": str(log.parent / "instances"),
+        "HANGAR_PAYMENTS_WEBHOOK_SECRETS": PAYMENTS_WEBHOOK_SECRET,  # payments (helper C)
+        "HANGAR_PAYMENTS_SANDBOX_DELAY_MS": "50",
+        "HANGAR_STORAGE_SIM_DELAY_MS": "50",  # storage (helper E)
+        "HANGAR_STORAGE_POLL_SECONDS": "0.05",
+        # Credit for launches (billing holds one per create/start), like make_settings.
+        "HANGAR_BILLING_SIGNUP_CREDIT": "10000000",
         **env,
     }
     environment.pop("HANGAR_BROKER_URL", None)

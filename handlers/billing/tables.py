@@ -173,3 +173,7 @@ class StatementLine(Base):
     occurred_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     __table_args__ = (CheckConstraint(_in("kind", STATEMENT_LINE_KINDS), name="kind"),)
+
+
+# Metering's tables (meters, edges, usage, per-organization state) live in their own module.
+from handlers.billing import metering_tables  # noqa: E402,F401

@@ -484,8 +484,9 @@ def _wait_power(run: _Run) -> None:
         _next(run, UNDO_BUILD)
         return
     if i.state == states.STOPPING:
-        states.transition(run.session, i, states.STOPPED, now=run.now, action_id=run.action.id)
-        events.instance_stopped(run.session, i, run.now)
+        why = i.state_reason  # the platform's reason for a stop it started (None for a tenant's)
+        states.transition(run.session, i, states.STOPPED, now=run.now, action_id=run.action.id, reason=why)
+        events.instance_stopped(run.session, i, run.now, reason=why)
         _complete(run, "succeeded")
     else:
         _became_running(run)

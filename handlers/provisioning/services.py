@@ -16,18 +16,19 @@ calls and saga steps on that instance (row lock on PostgreSQL, write lock on SQL
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from handlers.inventory import published
-from handlers.provisioning import configuration, events, saga, states
+from handlers.provisioning import configuration, events, hooks, saga, states
 from handlers.provisioning.locks import lock_instance
 from handlers.provisioning.runner import kick_after_commit
 from handlers.provisioning.tables import Action, Instance
 from hangar.context import RequestContext
 from hangar.pagination import Page, paginate
-from hangar.problems import Conflict, NotFound
+from hangar.problems import Conflict, NotFound, Problem
 
 
 class ResourceLocked(Conflict):
@@ -42,6 +43,14 @@ class InvalidState(Conflict):
 
     slug = "invalid-state"
     title = "Invalid State"
+
+
+class InsufficientCredits(Problem):
+    """402: billing will not hold the minimum run time's price (hooks.billing_hold)."""
+
+    status = 402
+    slug = "insufficient-credits"
+    title = "Insufficient Credits"
 
 
 # --- instances ----------------------------------------------------------------------------
@@ -114,6 +123,9 @@ def create_instance(
         quota_gpus=settings.quota_gpus,
     )
     session.add(action)
+    # The launch's hold, in the request: no credit is a 402 now, not a failed action later
+    # (the saga's hold step finds it in place). Rolled back with everything on any refusal.
+    _hold(session, instance, action, now)
     events.instance_requested(session, instance, action, now)
     return instance, action
 
@@ -148,9 +160,11 @@ def pending_resources(
     )
 
 
-def start_action(ctx: RequestContext, instance_id: uuid.UUID, action_type: str) -> Action:
+def start_action(ctx: RequestContext, instance_id: uuid.UUID, action_type: str, *, reason: str | None = None) -> Action:
     """Start a stop, start, reboot or terminate: 409 `resource-locked` while another action
-    runs, 409 `invalid-state` when the state does not allow it."""
+    runs, 409 `invalid-state` when the state does not allow it, 402 `insufficient-credits`
+    when billing will not hold a start's minimum run time. `reason` (the platform's stops,
+    e.g. "balance_depleted") stays on the instance as its state_reason once stopped."""
     instance = _lock(ctx, instance_id)
     _refuse_if_locked(ctx, instance, action_type)
     target = states.ACTIONS[action_type].get(instance.state)
@@ -168,7 +182,9 @@ def start_action(ctx: RequestContext, instance_id: uuid.UUID, action_type: str) 
     action = _new_action(instance, action_type, ctx)
     ctx.session.add(action)
     ctx.session.flush()
-    states.transition(ctx.session, instance, target, now=ctx.now, action_id=action.id)
+    if action_type == "start":
+        _hold(ctx.session, instance, action, ctx.now)
+    states.transition(ctx.session, instance, target, now=ctx.now, action_id=action.id, reason=reason)
     instance.action_id = action.id
     saga.schedule(instance, ctx.now)
     kick_after_commit(ctx.session)  # this process's runner starts it right after the commit
@@ -233,6 +249,21 @@ def _refuse_if_locked(ctx: RequestContext, instance: Instance, action_type: str)
     raise ResourceLocked(
         f"Instance {instance.id} is locked: {what}. Wait for that action to finish before `{action_type}`."
     )
+
+
+def _hold(session: Session, instance: Instance, action: Action, now: datetime) -> None:
+    request = hooks.HoldRequest(
+        organization_id=instance.organization_id,
+        instance_id=instance.id,
+        action_id=action.id,
+        instance_type=instance.instance_type,
+        price_per_hour=instance.price_per_hour,
+        currency=instance.currency,
+    )
+    try:
+        hooks.billing_hold(session, request, now=now)
+    except hooks.HoldRefused as refusal:
+        raise InsufficientCredits(refusal.message) from None
 
 
 def _new_action(instance: Instance, action_type: str, ctx: RequestContext) -> Action:

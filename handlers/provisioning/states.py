@@ -59,8 +59,9 @@ STABLE: frozenset[str] = frozenset({RUNNING, STOPPED, FAILED, TERMINATED})
 # Work in flight: an action holds the instance's lock and the saga has steps to run.
 TRANSITIONAL: frozenset[str] = frozenset(STATES) - STABLE
 # `state_reason` is kept only where the contract gives it a meaning (why it failed, or why
-# the platform stopped it); every other state clears it.
-REASONED: frozenset[str] = frozenset({FAILED, STOPPED})
+# the platform stopped it — carried from `stopping`, e.g. "balance_depleted"); every other
+# state clears it.
+REASONED: frozenset[str] = frozenset({FAILED, STOPPING, STOPPED})
 
 
 @dataclass(frozen=True)

@@ -155,8 +155,87 @@ def upgrade() -> None:
     )
     # --- end of ledger and statements (helper A) ---
 
+    # --- metering (helper B: handlers/billing/metering_tables.py) ---
+    op.create_table(
+        "billing_meter_edges",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("resource_id", sa.Uuid(), nullable=False),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("kind", sa.String(length=8), nullable=False),
+        sa.Column("rate", sa.BigInteger(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.CheckConstraint("kind IN ('start', 'stop', 'end')", name=op.f("ck_billing_meter_edges_kind")),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_billing_meter_edges")),
+    )
+    op.create_index("ix_billing_meter_edges_resource_at", "billing_meter_edges", ["resource_id", "at"], unique=False)
+    op.create_table(
+        "billing_metering_orgs",
+        sa.Column("organization_id", sa.Uuid(), nullable=False),
+        sa.Column("version", sa.Integer(), nullable=False),
+        sa.Column("seq", sa.BigInteger(), nullable=False),
+        sa.Column("uncollected", sa.BigInteger(), nullable=False),
+        sa.Column("low", sa.Boolean(), nullable=False),
+        sa.Column("depleted", sa.Boolean(), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.CheckConstraint("uncollected >= 0 AND seq >= 0", name=op.f("ck_billing_metering_orgs_amounts")),
+        sa.PrimaryKeyConstraint("organization_id", name=op.f("pk_billing_metering_orgs")),
+    )
+    op.create_table(
+        "billing_meters",
+        sa.Column("resource_id", sa.Uuid(), nullable=False),
+        sa.Column("organization_id", sa.Uuid(), nullable=False),
+        sa.Column("resource_type", sa.String(length=16), nullable=False),
+        sa.Column("description", sa.String(length=255), nullable=False),
+        sa.Column("label", sa.String(length=255), nullable=True),
+        sa.Column("currency", sa.String(length=3), nullable=False),
+        sa.Column("period_seconds", sa.BigInteger(), nullable=False),
+        sa.Column("running", sa.Boolean(), nullable=False),
+        sa.Column("rate", sa.BigInteger(), nullable=False),
+        sa.Column("charged_until", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("charged_units", sa.BigInteger(), nullable=False),
+        sa.Column("charged_amount", sa.BigInteger(), nullable=False),
+        sa.Column("pending", sa.Boolean(), nullable=False),
+        sa.Column("dirty_from", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("active", sa.Boolean(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.CheckConstraint("resource_type IN ('instance', 'volume')", name=op.f("ck_billing_meters_resource_type")),
+        sa.CheckConstraint(
+            "period_seconds > 0 AND rate >= 0 AND charged_units >= 0", name=op.f("ck_billing_meters_amounts")
+        ),
+        sa.PrimaryKeyConstraint("resource_id", name=op.f("pk_billing_meters")),
+    )
+    op.create_index("ix_billing_meters_active_org", "billing_meters", ["active", "organization_id"], unique=False)
+    op.create_index("ix_billing_meters_org", "billing_meters", ["organization_id"], unique=False)
+    op.create_table(
+        "billing_usage",
+        sa.Column("resource_id", sa.Uuid(), nullable=False),
+        sa.Column("day", sa.Date(), nullable=False),
+        sa.Column("organization_id", sa.Uuid(), nullable=False),
+        sa.Column("resource_type", sa.String(length=16), nullable=False),
+        sa.Column("description", sa.String(length=255), nullable=False),
+        sa.Column("currency", sa.String(length=3), nullable=False),
+        sa.Column("seconds", sa.BigInteger(), nullable=False),
+        sa.Column("units", sa.BigInteger(), nullable=False),
+        sa.Column("amount", sa.BigInteger(), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("resource_id", "day", name=op.f("pk_billing_usage")),
+    )
+    op.create_index("ix_billing_usage_org_day", "billing_usage", ["organization_id", "day"], unique=False)
+    # --- end of metering (helper B) ---
+
 
 def downgrade() -> None:
+    # --- metering (helper B) ---
+    op.drop_index("ix_billing_usage_org_day", table_name="billing_usage")
+    op.drop_table("billing_usage")
+    op.drop_index("ix_billing_meters_org", table_name="billing_meters")
+    op.drop_index("ix_billing_meters_active_org", table_name="billing_meters")
+    op.drop_table("billing_meters")
+    op.drop_table("billing_metering_orgs")
+    op.drop_index("ix_billing_meter_edges_resource_at", table_name="billing_meter_edges")
+    op.drop_table("billing_meter_edges")
+    # --- end of metering (helper B) ---
     # --- ledger and statements (helper A) ---
     op.drop_table("billing_statement_lines")
     op.drop_index("ix_billing_statements_list", table_name="billing_statements")

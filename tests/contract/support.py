@@ -34,6 +34,7 @@ from handlers.inventory.catalogue import ensure_catalogue, load_sim_fleet
 from hangar.config import ROOT, Settings
 from hangar.db import utcnow
 from hangar.drivers.sim import sim_fleet
+from tests.conftest import PAYMENTS_WEBHOOK_SECRET
 
 SPEC_PATH = ROOT / "generated" / "openapi.json"
 PASSWORD = "correct-horse-battery-staple"
@@ -70,6 +71,12 @@ def contract_settings(database_url: str, instances_dir: Path) -> Settings:
         instances_dir=instances_dir,
         quota_vcpus=HIGH_QUOTA_VCPUS,
         quota_gpus=HIGH_QUOTA_GPUS,
+        billing_signup_credit=10_000_000,  # launches need credit (a billing hold each)
+        # payments (helper C): the suite's webhook secret (the stage signs webhooks with it)
+        payments_webhook_secrets=(PAYMENTS_WEBHOOK_SECRET,),
+        payments_sandbox_delay_ms=20,
+        # terminal (helper D1): the stateful phase opens many sessions; the cap is not its subject.
+        terminal_max_sessions_per_org=HIGH_LIMIT,
     )
 
 

@@ -71,6 +71,7 @@ ENV = {
     "HANGAR_QUOTA_GPUS": "1000",
     "HANGAR_RATE_LIMIT_PER_MINUTE": "1000000",
     "HANGAR_PUBLIC_RATE_LIMIT_PER_MINUTE": "100000",
+    "HANGAR_BILLING_SIGNUP_CREDIT": "100000000",  # launches need credit (a billing hold each)
 }
 KILL_AFTER = LAUNCHES // 3  # instances accepted before worker-0 is SIGKILLed
 SETTLE_SECONDS = 60.0

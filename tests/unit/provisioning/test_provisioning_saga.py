@@ -225,8 +225,11 @@ def test_a_refused_billing_hold_releases_the_claim_and_fails_without_retry(
     def refuse(session: Any, request: hooks.HoldRequest, *, now: Any) -> None:
         raise hooks.HoldRefused("insufficient_funds", "the balance does not cover an hour")
 
-    monkeypatch.setattr(hooks, "billing_hold", refuse)
+    # The request's own hold was granted (services.create_instance places it); the saga's
+    # hold step asks again — e.g. a retry's hold after a compensation voided the first — and
+    # is refused.
     instance_id = world.create()
+    monkeypatch.setattr(hooks, "billing_hold", refuse)
     assert world.drive(instance_id) == [
         "pending/claim",
         "provisioning/hold",

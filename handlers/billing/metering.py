@@ -1,0 +1,882 @@
+"""Metering: resources accrue per second from the events, a tick charges them exactly once.
+
+Read docs/billing.md ("Metering") and ADR 0011 for the why; the how, in short:
+
+**Edges.** The consumers (consumers.py) turn instance.running / stopped / terminated /
+failed and volume.created / resized / deleted into start / stop / end edges of a meter, at
+whole seconds (the billing clock's resolution), idempotent per event. The running intervals
+are `fold(edges)`: edges in time order, a start opens (unless open or ended), a stop closes,
+an end closes for good. Duplicates and any delivery order give the same intervals.
+
+**Charging.** `charge_organization` runs one organization's batch in the caller's
+transaction, under the organization's lock (`lock_org`: FOR UPDATE [SKIP LOCKED] on
+PostgreSQL, a compare-and-set of `version` on SQLite — every writer of an organization's
+meters takes it). For each active meter it computes, per UTC day from the first day that
+can have changed, the seconds and units (rate × seconds) the intervals cover up to the
+tick's horizon, diffs them against the usage records, and charges the difference with
+cumulative rounding: the amount charged to date is always floor(units to date / period),
+so nothing is lost across ticks or days. A late edge (a stop that arrives after the tick
+charged past it) makes a day's target smaller: the difference is given back, as a new
+transfer. The usage records, the meters' `charged_until`, the ledger transfers and the
+batch counter commit together or not at all, and every transfer id derives from
+(organization, batch number): a crash mid-batch leaves nothing, a second worker on the same
+organization is skipped (or, on SQLite, loses the compare-and-set), so every second is
+charged exactly once.
+
+**Funding**, per organization and currency: the open holds backing what was charged first
+(each posted for what it can cover, the rest released), then the free balance, and what
+even that cannot cover is charged to platform:uncollected (code usage_uncollected) so the
+ledger balances and no wallet passes its limit. Then a fresh rolling hold is placed for the
+running resources (billing_hold_seconds of them, as far as the balance goes).
+
+**Thresholds.** After a batch: `billing.balance_low` when the spendable balance (posted +
+credit limit) falls below billing_low_balance_threshold, `billing.balance_depleted` when it
+cannot fund the next tick of the running resources (or a shortfall was just charged); each
+once per crossing, re-armed when it no longer holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import Row, Table, bindparam, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session, sessionmaker
+
+from handlers.billing import holds, published
+from handlers.billing.metering_tables import Meter, MeterEdge, MeteringOrg, UsageRecord
+from hangar import outbox
+from hangar.config import Settings
+from hangar.db import utcnow
+
+log = logging.getLogger(__name__)
+
+INSTANCE_PERIOD = 3600  # instance rates are per hour
+VOLUME_PERIOD = 730 * 3600  # volume rates are per month of 730 hours
+_NS = uuid.UUID("5b0e7f3c-8a51-5c1e-b3d2-6f4a9e0c2d17")
+_EDGE_ORDER = {"stop": 0, "end": 1, "start": 2}
+
+METERS = cast(Table, Meter.__table__)
+EDGES = cast(Table, MeterEdge.__table__)
+USAGE = cast(Table, UsageRecord.__table__)
+ORGS = cast(Table, MeteringOrg.__table__)
+
+# --- configuration (a consumer registered with register(bus) gets no Settings) --------------
+
+_settings_lock = threading.Lock()
+_settings: Settings | None = None
+
+
+def configure(settings: Settings) -> None:
+    """Record the process's settings (background.prepare calls it)."""
+    global _settings
+    with _settings_lock:
+        _settings = settings
+
+
+def settings() -> Settings:
+    global _settings
+    with _settings_lock:
+        if _settings is None:
+            _settings = Settings.from_env()
+        return _settings
+
+
+# --- time -----------------------------------------------------------------------------------
+
+
+def whole_second(moment: datetime) -> datetime:
+    """The billing clock: aware UTC, truncated to the second."""
+    if moment.tzinfo is None:
+        raise ValueError("naive datetime given to metering")
+    return moment.astimezone(UTC).replace(microsecond=0)
+
+
+def parse_time(value: str) -> datetime:
+    return whole_second(datetime.fromisoformat(value.replace("Z", "+00:00")))
+
+
+def _day_start(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def day_split(start: datetime, end: datetime) -> Iterator[tuple[date, int]]:
+    """[start, end) cut at UTC midnights: (day, whole seconds) pieces."""
+    cursor = start
+    while cursor < end:
+        next_midnight = _day_start(cursor.date() + timedelta(days=1))
+        stop = min(end, next_midnight)
+        yield cursor.date(), int((stop - cursor).total_seconds())
+        cursor = stop
+
+
+# --- intervals ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Edge:
+    at: datetime
+    kind: str  # start | stop | end
+    rate: int = 0
+
+
+@dataclass(frozen=True)
+class Interval:
+    start: datetime
+    end: datetime | None  # None: still running
+    rate: int
+
+
+def fold(edges: Iterable[Edge]) -> list[Interval]:
+    """The running intervals the edges describe, whatever order they arrived in."""
+    out: list[Interval] = []
+    open_at: datetime | None = None
+    open_rate = 0
+    ended = False
+    for edge in sorted(edges, key=lambda e: (e.at, _EDGE_ORDER[e.kind], e.rate)):
+        if edge.kind == "start":
+            if not ended and open_at is None:
+                open_at, open_rate = edge.at, edge.rate
+            continue
+        if open_at is not None:
+            out.append(Interval(open_at, edge.at, open_rate))
+            open_at = None
+        if edge.kind == "end":
+            ended = True
+    if open_at is not None:
+        out.append(Interval(open_at, None, open_rate))
+    return out
+
+
+# --- locks ----------------------------------------------------------------------------------
+
+
+def _postgres(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def _insert_ignore(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    if _postgres(session):
+        session.execute(pg_insert(table).on_conflict_do_nothing(), rows)
+    else:
+        session.execute(sqlite_insert(table).on_conflict_do_nothing(), rows)
+
+
+class LockLostError(RuntimeError):
+    """The organization's compare-and-set kept losing (SQLite): a writer bypasses lock_org."""
+
+
+def lock_org(
+    session: Session, organization_id: uuid.UUID, *, now: datetime, skip_locked: bool = False
+) -> Row[Any] | None:
+    """The organization's metering row, locked for this transaction and current (created if
+    missing). With skip_locked, None when another transaction holds it (PostgreSQL) or
+    changed it since we looked (SQLite): someone else is charging it right now."""
+    _insert_ignore(
+        session,
+        ORGS,
+        [
+            {
+                "organization_id": organization_id,
+                "version": 0,
+                "seq": 0,
+                "uncollected": 0,
+                "low": False,
+                "depleted": False,
+                "updated_at": now,
+            }
+        ],
+    )
+    query = select(ORGS).where(ORGS.c.organization_id == organization_id)
+    if _postgres(session):
+        return session.execute(query.with_for_update(skip_locked=skip_locked)).first()
+    for _ in range(3):
+        row = session.execute(query).first()
+        if row is None:  # pragma: no cover - inserted above
+            return None
+        bumped = session.execute(
+            update(ORGS)
+            .where(ORGS.c.organization_id == organization_id, ORGS.c.version == row.version)
+            .values(version=row.version + 1)
+        )
+        if getattr(bumped, "rowcount", 0) == 1:
+            return session.execute(query).first()
+        if skip_locked:
+            return None
+    raise LockLostError(f"organization {organization_id}: lost the metering compare-and-set 3 times")
+
+
+# --- recording edges (the consumers) --------------------------------------------------------
+
+
+def record_edge(
+    session: Session,
+    *,
+    edge_id: uuid.UUID,
+    organization_id: uuid.UUID,
+    resource_type: str,
+    resource_id: uuid.UUID,
+    kind: str,
+    at: datetime,
+    now: datetime,
+    rate: int = 0,
+    description: str | None = None,
+    label: str | None = None,
+    currency: str | None = None,
+) -> bool:
+    """Add one edge to a resource's meter (creating the meter on its first edge, whichever
+    that is). False when this edge was already recorded."""
+    if kind not in _EDGE_ORDER:
+        raise ValueError(f"unknown edge kind {kind!r}")
+    if rate < 0:
+        raise ValueError("a rate is never negative")
+    at = whole_second(at)
+    lock_org(session, organization_id, now=now)
+    if session.execute(select(EDGES.c.id).where(EDGES.c.id == edge_id)).first() is not None:
+        return False
+    meter = session.execute(select(METERS).where(METERS.c.resource_id == resource_id)).first()
+    period = INSTANCE_PERIOD if resource_type == "instance" else VOLUME_PERIOD
+    if meter is None:
+        session.execute(
+            insert(METERS).values(
+                resource_id=resource_id,
+                organization_id=organization_id,
+                resource_type=resource_type,
+                description=(description or resource_type)[:255],
+                label=label,
+                currency=currency or published.CURRENCY,
+                period_seconds=period,
+                running=False,
+                rate=0,
+                charged_until=None,
+                charged_units=0,
+                charged_amount=0,
+                pending=True,
+                dirty_from=at,
+                active=True,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    else:
+        if meter.organization_id != organization_id or meter.resource_type != resource_type:
+            raise ValueError(
+                f"{resource_type} {resource_id} of organization {organization_id} is metered as "
+                f"{meter.resource_type} of {meter.organization_id}"
+            )
+        values: dict[str, Any] = {
+            "pending": True,
+            "active": True,
+            "dirty_from": min(meter.dirty_from, at) if meter.dirty_from is not None else at,
+            "updated_at": now,
+        }
+        if description:
+            values["description"] = description[:255]
+        if label:
+            values["label"] = label
+        if currency:
+            values["currency"] = currency
+        session.execute(update(METERS).where(METERS.c.resource_id == resource_id).values(**values))
+    session.execute(
+        insert(EDGES).values(id=edge_id, resource_id=resource_id, at=at, kind=kind, rate=rate, created_at=now)
+    )
+    return True
+
+
+def meter_label(session: Session, resource_id: uuid.UUID) -> str | None:
+    return session.execute(select(METERS.c.label).where(METERS.c.resource_id == resource_id)).scalar()
+
+
+def edge_id(event_id: uuid.UUID, kind: str) -> uuid.UUID:
+    return uuid.uuid5(_NS, f"edge:{event_id}:{kind}")
+
+
+# --- charging one meter (pure) ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Day:
+    seconds: int
+    units: int
+    amount: int
+
+
+@dataclass
+class MeterCharge:
+    resource_id: uuid.UUID
+    delta: int  # amount to charge now (negative: to give back)
+    days: dict[date, Day]  # the usage records that change, absolute
+    charged_until: datetime
+    charged_units: int
+    charged_amount: int
+    running: bool
+    rate: int
+    pending: bool
+    dirty_from: datetime | None
+
+
+def charge_meter(meter: Any, edges: Sequence[Edge], stored: dict[date, Day], horizon: datetime) -> MeterCharge:
+    """What charging `meter` up to `horizon` means, from its edges (needed when it is pending
+    or never charged) and its stored usage days. Pure: no database."""
+    period = meter.period_seconds
+    horizon = max(horizon, meter.charged_until) if meter.charged_until is not None else horizon
+    targets: dict[date, list[int]] = defaultdict(lambda: [0, 0])
+    if meter.pending or meter.charged_until is None:
+        known = [e for e in edges if e.at <= horizon]
+        later = [e for e in edges if e.at > horizon]
+        intervals = fold(known)
+        # Nothing before the earliest new edge (or what was already charged) can change.
+        starts = [t for t in (meter.dirty_from, meter.charged_until) if t is not None]
+        first = min(starts or [e.at for e in known] or [horizon])
+        first_day = first.date()
+        floor = _day_start(first_day)
+        for interval in intervals:
+            end = min(interval.end or horizon, horizon)
+            begin = max(interval.start, floor)
+            for day, seconds in day_split(begin, end):
+                targets[day][0] += seconds
+                targets[day][1] += seconds * interval.rate
+        running = bool(intervals) and intervals[-1].end is None
+        rate = intervals[-1].rate if running else 0
+        pending = bool(later)
+        dirty_from = min(e.at for e in later) if later else None
+    else:
+        first_day = meter.charged_until.date()
+        for day, value in stored.items():
+            if day >= first_day:
+                targets[day][0] += value.seconds
+                targets[day][1] += value.units
+        if meter.running:
+            for day, seconds in day_split(meter.charged_until, horizon):
+                targets[day][0] += seconds
+                targets[day][1] += seconds * meter.rate
+        running, rate, pending, dirty_from = meter.running, meter.rate, False, None
+    suffix = {d: v for d, v in stored.items() if d >= first_day}
+    cumulative = meter.charged_units - sum(v.units for v in suffix.values())
+    previous_floor = cumulative // period
+    changed: dict[date, Day] = {}
+    delta = 0
+    for day in sorted(set(targets) | set(suffix)):
+        seconds, units = targets.get(day, (0, 0))
+        cumulative += units
+        amount = cumulative // period - previous_floor
+        previous_floor = cumulative // period
+        new = Day(seconds, units, amount)
+        old = suffix.get(day)
+        delta += amount - (old.amount if old else 0)
+        if new != old and not (old is None and new == Day(0, 0, 0)):
+            changed[day] = new
+    return MeterCharge(
+        resource_id=meter.resource_id,
+        delta=delta,
+        days=changed,
+        charged_until=horizon,
+        charged_units=cumulative,
+        charged_amount=meter.charged_amount + delta,
+        running=running,
+        rate=rate,
+        pending=pending,
+        dirty_from=dirty_from,
+    )
+
+
+# --- charging one organization ----------------------------------------------------------------
+
+
+@dataclass
+class OrgCharge:
+    organization_id: uuid.UUID
+    meters: int = 0
+    charged: int = 0  # net amount charged (all currencies, minor units)
+    from_holds: int = 0
+    from_balance: int = 0
+    uncollected: int = 0
+    given_back: int = 0
+    events: list[str] = field(default_factory=list)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _ids(organization_id: uuid.UUID, seq: int, currency: str, kind: str) -> uuid.UUID:
+    return uuid.uuid5(_NS, f"charge:{organization_id}:{seq}:{currency}:{kind}")
+
+
+def charge_organization(
+    session: Session,
+    organization_id: uuid.UUID,
+    *,
+    now: datetime,
+    config: Settings,
+    skip_locked: bool = True,
+    fault: Callable[[str], None] | None = None,
+) -> OrgCharge | None:
+    """Charge one organization's active meters up to `now` in the caller's transaction
+    (see the module doc). None when another worker holds the organization. `fault(point)`
+    is a test hook called at named points (the chaos test raises from it)."""
+    horizon = whole_second(now)
+    state = lock_org(session, organization_id, now=now, skip_locked=skip_locked)
+    if state is None:
+        return None
+    hit = fault or (lambda point: None)
+    meters = session.execute(
+        select(METERS).where(METERS.c.organization_id == organization_id, METERS.c.active.is_(True))
+    ).all()
+    report = OrgCharge(organization_id, meters=len(meters))
+    seq = state.seq + 1
+    charges: list[tuple[Any, MeterCharge]] = []
+    if meters:
+        slow = [m.resource_id for m in meters if m.pending or m.charged_until is None]
+        edges: dict[uuid.UUID, list[Edge]] = defaultdict(list)
+        for chunk in _chunks(slow, 500):
+            for row in session.execute(
+                select(EDGES.c.resource_id, EDGES.c.at, EDGES.c.kind, EDGES.c.rate).where(
+                    EDGES.c.resource_id.in_(chunk)
+                )
+            ):
+                edges[row.resource_id].append(Edge(row.at, row.kind, row.rate))
+        first_days = []
+        for m in meters:
+            if m.pending or m.charged_until is None:
+                known = [t for t in (m.dirty_from, m.charged_until) if t is not None]
+                known += [e.at for e in edges.get(m.resource_id, [])]
+                first_days.append(min(known).date() if known else horizon.date())
+            else:
+                first_days.append(m.charged_until.date())
+        since = min(first_days)
+        stored: dict[uuid.UUID, dict[date, Day]] = defaultdict(dict)
+        for row in session.execute(
+            select(USAGE.c.resource_id, USAGE.c.day, USAGE.c.seconds, USAGE.c.units, USAGE.c.amount).where(
+                USAGE.c.organization_id == organization_id, USAGE.c.day >= since
+            )
+        ):
+            stored[row.resource_id][row.day] = Day(row.seconds, row.units, row.amount)
+        for m in meters:
+            charges.append((m, charge_meter(m, edges.get(m.resource_id, []), stored.get(m.resource_id, {}), horizon)))
+        hit("computed")
+        _write_usage(session, organization_id, charges, stored, now)
+        hit("usage_written")
+        session.execute(
+            update(METERS)
+            .where(METERS.c.resource_id == bindparam("b_id"))
+            .values(
+                charged_until=bindparam("b_until"),
+                charged_units=bindparam("b_units"),
+                charged_amount=bindparam("b_amount"),
+                running=bindparam("b_running"),
+                rate=bindparam("b_rate"),
+                pending=bindparam("b_pending"),
+                dirty_from=bindparam("b_dirty"),
+                active=bindparam("b_active"),
+                updated_at=bindparam("b_now"),
+            ),
+            [
+                {
+                    "b_id": c.resource_id,
+                    "b_until": c.charged_until,
+                    "b_units": c.charged_units,
+                    "b_amount": c.charged_amount,
+                    "b_running": c.running,
+                    "b_rate": c.rate,
+                    "b_pending": c.pending,
+                    "b_dirty": c.dirty_from,
+                    "b_active": c.running or c.pending,
+                    "b_now": now,
+                }
+                for _, c in charges
+            ],
+            execution_options={"synchronize_session": False},
+        )
+        hit("meters_written")
+    # Money, per currency.
+    net: dict[str, int] = defaultdict(int)
+    running_rate: dict[str, list[tuple[int, int]]] = defaultdict(list)  # currency → [(rate, period)]
+    metered = {m.resource_id for m, _ in charges}
+    for m, c in charges:
+        net[m.currency] += c.delta
+        if c.running:
+            running_rate[m.currency].append((c.rate, m.period_seconds))
+    currencies = set(net) | set(running_rate) or {published.CURRENCY}
+    uncollected = state.uncollected
+    low, depleted = state.low, state.depleted
+    for currency in sorted(currencies):
+        wallet_id = published.wallet(
+            session, organization_id, now=now, currency=currency, signup_credit=config.billing_signup_credit
+        )
+        shortfall = 0
+        if meters:
+            shortfall, uncollected = _fund(
+                session, organization_id, seq, currency, wallet_id, net[currency], metered, uncollected, report, now
+            )
+            hit("funded")
+            _place_rolling_hold(session, organization_id, seq, currency, wallet_id, running_rate[currency], config, now)
+        if currency == published.CURRENCY:
+            low, depleted = _thresholds(
+                session, organization_id, wallet_id, running_rate[currency], shortfall, state, config, report, now
+            )
+    session.execute(
+        update(ORGS)
+        .where(ORGS.c.organization_id == organization_id)
+        .values(
+            seq=seq,
+            uncollected=uncollected,
+            low=low,
+            depleted=depleted,
+            version=ORGS.c.version + 1,
+            updated_at=now,
+        )
+    )
+    hit("done")
+    return report
+
+
+def _chunks(items: Sequence[uuid.UUID], size: int) -> Iterator[Sequence[uuid.UUID]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _write_usage(
+    session: Session,
+    organization_id: uuid.UUID,
+    charges: list[tuple[Any, MeterCharge]],
+    stored: dict[uuid.UUID, dict[date, Day]],
+    now: datetime,
+) -> None:
+    inserts: list[dict[str, Any]] = []
+    updates: list[dict[str, Any]] = []
+    for meter, charge in charges:
+        for day, value in charge.days.items():
+            if day in stored.get(meter.resource_id, {}):
+                updates.append(
+                    {
+                        "b_id": meter.resource_id,
+                        "b_day": day,
+                        "b_seconds": value.seconds,
+                        "b_units": value.units,
+                        "b_amount": value.amount,
+                        "b_description": meter.description,
+                        "b_now": now,
+                    }
+                )
+            else:
+                inserts.append(
+                    {
+                        "resource_id": meter.resource_id,
+                        "day": day,
+                        "organization_id": organization_id,
+                        "resource_type": meter.resource_type,
+                        "description": meter.description,
+                        "currency": meter.currency,
+                        "seconds": value.seconds,
+                        "units": value.units,
+                        "amount": value.amount,
+                        "updated_at": now,
+                    }
+                )
+    if inserts:
+        session.execute(insert(USAGE), inserts)
+    if updates:
+        session.execute(
+            update(USAGE)
+            .where(USAGE.c.resource_id == bindparam("b_id"), USAGE.c.day == bindparam("b_day"))
+            .values(
+                seconds=bindparam("b_seconds"),
+                units=bindparam("b_units"),
+                amount=bindparam("b_amount"),
+                description=bindparam("b_description"),
+                updated_at=bindparam("b_now"),
+            ),
+            updates,
+            execution_options={"synchronize_session": False},
+        )
+
+
+def _fund(
+    session: Session,
+    organization_id: uuid.UUID,
+    seq: int,
+    currency: str,
+    wallet_id: uuid.UUID,
+    amount: int,
+    metered: set[uuid.UUID],
+    uncollected: int,
+    report: OrgCharge,
+    now: datetime,
+) -> tuple[int, int]:
+    """Move `amount` (> 0: charge, < 0: give back) and settle the holds backing the metered
+    resources; (shortfall charged to platform:uncollected, uncollected outstanding after)."""
+    revenue = published.platform_account(session, "revenue", currency=currency, now=now)
+    # Every hold backing what was metered resolves now (a pending transfer resolves once):
+    # posted for what it covers, the rest released; the rolling hold is re-placed after.
+    consumable = [
+        h
+        for h in holds.open_holds(session, organization_id, now=now)
+        if h.currency == currency and (h.reference == holds.ROLLING or holds.instance_of(h.reference) in metered)
+    ]
+    remaining = max(amount, 0)
+    from_holds = 0
+    for hold in consumable:
+        take = min(remaining, hold.amount)
+        holds.post_hold(session, hold, take, now=now)
+        from_holds += take
+        remaining -= take
+    if from_holds:
+        published.transfer(
+            session,
+            id=_ids(organization_id, seq, currency, "usage_held"),
+            debit=published.platform_account(session, "holds", currency=currency, now=now),
+            credit=revenue,
+            amount=from_holds,
+            code="usage",
+            reference="metered usage (from holds)",
+            organization_id=organization_id,
+            now=now,
+        )
+    shortfall = 0
+    if remaining > 0:
+        available = published.balance(session, wallet_id).available
+        free = max(0, min(remaining, available))
+        if free:
+            published.transfer(
+                session,
+                id=_ids(organization_id, seq, currency, "usage"),
+                debit=wallet_id,
+                credit=revenue,
+                amount=free,
+                code="usage",
+                reference="metered usage",
+                organization_id=organization_id,
+                now=now,
+            )
+        shortfall = remaining - free
+        if shortfall:
+            published.transfer(
+                session,
+                id=_ids(organization_id, seq, currency, "uncollected"),
+                debit=published.platform_account(session, "uncollected", currency=currency, now=now),
+                credit=revenue,
+                amount=shortfall,
+                code="usage_uncollected",
+                reference="metered usage the balance could not cover",
+                organization_id=organization_id,
+                now=now,
+            )
+            uncollected += shortfall
+        report.from_balance += free
+        report.uncollected += shortfall
+    if amount < 0:
+        # A late edge showed seconds charged that never ran: give them back, first what
+        # was never collected, then to the wallet. A new transfer; nothing is rewritten.
+        back = -amount
+        to_uncollected = min(back, uncollected)
+        if to_uncollected:
+            published.transfer(
+                session,
+                id=_ids(organization_id, seq, currency, "uncollected_back"),
+                debit=revenue,
+                credit=published.platform_account(session, "uncollected", currency=currency, now=now),
+                amount=to_uncollected,
+                code="usage_uncollected",
+                reference="metered usage corrected (never ran)",
+                organization_id=organization_id,
+                now=now,
+            )
+            uncollected -= to_uncollected
+        if back - to_uncollected:
+            published.transfer(
+                session,
+                id=_ids(organization_id, seq, currency, "usage_back"),
+                debit=revenue,
+                credit=wallet_id,
+                amount=back - to_uncollected,
+                code="usage",
+                reference="metered usage corrected (never ran)",
+                organization_id=organization_id,
+                now=now,
+            )
+        report.given_back += back
+    report.from_holds += from_holds
+    report.charged += amount
+    return shortfall, uncollected
+
+
+def _place_rolling_hold(
+    session: Session,
+    organization_id: uuid.UUID,
+    seq: int,
+    currency: str,
+    wallet_id: uuid.UUID,
+    running: list[tuple[int, int]],
+    config: Settings,
+    now: datetime,
+) -> None:
+    """Reserve billing_hold_seconds of the running resources, as far as the balance goes."""
+    wanted = sum(_ceil_div(rate * config.billing_hold_seconds, period) for rate, period in running)
+    amount = min(wanted, published.balance(session, wallet_id).available)
+    if amount <= 0:
+        return
+    published.transfer(
+        session,
+        id=holds.rolling_hold_id(organization_id, seq, currency),
+        debit=wallet_id,
+        credit=published.platform_account(session, "holds", currency=currency, now=now),
+        amount=amount,
+        code=holds.HOLD_CODE,
+        reference=holds.ROLLING,
+        organization_id=organization_id,
+        pending=True,
+        timeout_seconds=config.billing_hold_timeout_seconds,
+        now=now,
+    )
+
+
+def spendable(balance: published.Balance) -> int:
+    """What the organization can still pay with: posted balance plus its credit limit (its own
+    holds are money reserved for its own resources, so they count)."""
+    return balance.credits_posted - balance.debits_posted + balance.credit_limit
+
+
+def _thresholds(
+    session: Session,
+    organization_id: uuid.UUID,
+    wallet_id: uuid.UUID,
+    running: list[tuple[int, int]],
+    shortfall: int,
+    state: Any,
+    config: Settings,
+    report: OrgCharge,
+    now: datetime,
+) -> tuple[bool, bool]:
+    bal = published.balance(session, wallet_id)
+    funds = spendable(bal)
+    next_tick = sum(_ceil_div(rate * int(config.billing_tick_seconds), period) for rate, period in running)
+    low = funds < config.billing_low_balance_threshold
+    depleted = bool(running) and (shortfall > 0 or funds < next_tick)
+    if low and not state.low:
+        outbox.record(
+            session,
+            "billing.balance_low",
+            organization_id,
+            {"balance": bal.posted, "currency": bal.currency, "threshold": config.billing_low_balance_threshold},
+            occurred_at=now,
+        )
+        report.events.append("billing.balance_low")
+    if depleted and not state.depleted:
+        outbox.record(
+            session,
+            "billing.balance_depleted",
+            organization_id,
+            {"balance": bal.posted, "currency": bal.currency},
+            occurred_at=now,
+        )
+        report.events.append("billing.balance_depleted")
+    return low, depleted
+
+
+# --- the tick -------------------------------------------------------------------------------
+
+
+@dataclass
+class TickReport:
+    organizations: int = 0
+    charged_organizations: int = 0
+    skipped: int = 0
+    failed: int = 0
+    meters: int = 0
+    charged: int = 0
+    uncollected: int = 0
+    events: int = 0
+    seconds: float = 0.0
+
+
+def due_organizations(session: Session) -> list[uuid.UUID]:
+    """Organizations with something to charge, or a low/depleted flag to re-evaluate."""
+    active = session.execute(select(METERS.c.organization_id).where(METERS.c.active.is_(True)).distinct()).scalars()
+    flagged = session.execute(
+        select(ORGS.c.organization_id).where(or_(ORGS.c.low.is_(True), ORGS.c.depleted.is_(True)))
+    ).scalars()
+    return sorted(set(active) | set(flagged))
+
+
+def tick(
+    sessions: sessionmaker[Session],
+    config: Settings,
+    *,
+    now: datetime | None = None,
+    stop: threading.Event | None = None,
+    fault: Callable[[str], None] | None = None,
+) -> TickReport:
+    """One metering tick: every due organization in a transaction of its own. A failing
+    organization is logged and rolled back (charged by the next tick); the others go on."""
+    started = time.perf_counter()
+    horizon = whole_second(now or utcnow())
+    report = TickReport()
+    with sessions() as session:
+        organizations = due_organizations(session)
+    report.organizations = len(organizations)
+    for organization_id in organizations:
+        if stop is not None and stop.is_set():
+            break
+        try:
+            with sessions() as session, session.begin():
+                done = charge_organization(session, organization_id, now=horizon, config=config, fault=fault)
+        except Exception:
+            log.exception("metering: charging organization %s failed; the next tick retries", organization_id)
+            report.failed += 1
+            continue
+        if done is None:
+            report.skipped += 1
+            continue
+        report.charged_organizations += 1
+        report.meters += done.meters
+        report.charged += done.charged
+        report.uncollected += done.uncollected
+        report.events += len(done.events)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+# --- what the ledger's endpoints and statements read -------------------------------------------
+
+
+@dataclass(frozen=True)
+class UsageLine:
+    resource_type: str
+    resource_id: uuid.UUID
+    description: str
+    day: date
+    seconds: int
+    amount: int
+    currency: str
+
+
+def usage_lines(
+    session: Session,
+    organization_id: uuid.UUID,
+    *,
+    start: date,
+    end: date,
+    resource_type: str | None = None,
+) -> list[UsageLine]:
+    """Charged usage per resource per UTC day in [start, end), by day then resource."""
+    query = select(USAGE).where(USAGE.c.organization_id == organization_id, USAGE.c.day >= start, USAGE.c.day < end)
+    if resource_type is not None:
+        query = query.where(USAGE.c.resource_type == resource_type)
+    rows = session.execute(query.order_by(USAGE.c.day, USAGE.c.resource_type, USAGE.c.resource_id)).all()
+    return [
+        UsageLine(r.resource_type, r.resource_id, r.description, r.day, r.seconds, r.amount, r.currency)
+        for r in rows
+        if r.seconds or r.amount
+    ]
