@@ -18,6 +18,8 @@ generated values only (invalid ones are sent as generated, and must be rejected)
 - an operator registers a host under a name nobody has taken, in a region and one of its
   zones: most positive createHost bodies get a fresh name and a real region and zone (the
   rest keep the generated ones); the generated inventories are kept as they are;
+- the sandbox provider signs its webhooks: positive receiveSandboxWebhook cases carry a
+  valid `Hangar-Signature` over the bytes sent (payments);
 - one action at a time per instance: before stopping, starting, rebooting or terminating
   an instance it launched, a client waits until the action in flight has finished (the
   CLI's `--wait`), so the stateful create → act → terminate sequences do what they say
@@ -241,9 +243,22 @@ class Harness:
                 self._launch_from_catalogue(body)
             elif op_id == "createHost":
                 self._register_in_a_zone(body)
+            elif op_id == "receiveSandboxWebhook" and headers_valid:
+                self._sign_like_the_provider(case)
         path_valid = meta is None or not meta.is_negative_at(ParameterLocation.PATH)
         if path_valid and op_id in ("createInstanceAction", "terminateInstance"):
             self._wait_for_the_action_in_flight(str((case.path_parameters or {}).get("instanceId")))
+
+    def _sign_like_the_provider(self, case: schemathesis.Case) -> None:
+        """payments (helper C): the sandbox provider signs what it sends (its one credential).
+        The signature is over the bytes the transport will send: `requests` encodes `json=`
+        with json.dumps' defaults. The generated event names no real top-up, so the server
+        answers the documented 422 `webhook-event-rejected` — after the signature check."""
+        from handlers.payments import signing
+        from tests.conftest import PAYMENTS_WEBHOOK_SECRET
+
+        raw = json.dumps(case.body, allow_nan=False).encode()
+        case.headers["Hangar-Signature"] = signing.sign(raw, PAYMENTS_WEBHOOK_SECRET, int(time.time()))
 
     def _launch_from_catalogue(self, body: dict[str, Any]) -> None:
         picked = _pick(body, self.catalogue.launches)

@@ -59,7 +59,19 @@ OPERATION_CONFIG: list[dict[str, Any]] = [
         # createHost: the region must exist and the zone be one of its zones; an inventory's
         #   reserved ≤ total, min_unit ≤ max_unit, …, each resource class once.
         # updateHostInventory: the same inventory rules, on the merged inventory.
-        "include-operation-id": ["createApiKey", "createInstance", "createHost", "updateHostInventory"],
+        # payments (helper C): createTopUp / createPaymentMethod: a generated card number is
+        #   refused (Luhn, not a test card: 422), and so is a top-up naming neither or both of
+        #   `card` and `payment_method`; receiveSandboxWebhook: a (signed) generated event names
+        #   no real top-up (422 webhook-event-rejected) or one not yet confirmed (409).
+        "include-operation-id": [
+            "createApiKey",
+            "createInstance",
+            "createHost",
+            "updateHostInventory",
+            "createTopUp",
+            "createPaymentMethod",
+            "receiveSandboxWebhook",
+        ],
         "checks": {"positive_data_acceptance": {"expected-statuses": ALSO_422}},
     },
     {

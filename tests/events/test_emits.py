@@ -105,6 +105,7 @@ class World:
                 busy = session.scalar(
                     select(func.count()).select_from(Instance).where(Instance.state.in_(sorted(states.TRANSITIONAL)))
                 )
+                busy = (busy or 0) + _payments_busy(session)  # payments (helper C): webhooks the sandbox owes
                 waiting = session.scalar(
                     select(func.count())
                     .select_from(OutboxEvent)
@@ -184,6 +185,7 @@ class Call:
 
     path: dict[str, str] = field(default_factory=dict)
     body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)  # extra ones (payments: a webhook's signature)
 
 
 Setup = Callable[[World], Call]
@@ -280,6 +282,99 @@ VARIANTS = [
 # --------------------------------------------------------------------------- the cases
 
 
+# -- payments (helper C): top-ups, refunds, the signed sandbox webhook -----------------------------
+
+GOOD_CARD, DECLINED_CARD, FAILS_LATER_CARD = "4242424242424242", "4000000000000002", "4000000000000341"
+
+
+def _payments_busy(session: Session) -> int:
+    """Webhook events the sandbox provider has yet to deliver (the deliverer's work)."""
+    from handlers.payments.tables import SandboxWebhook
+
+    pending = session.scalar(
+        select(func.count()).select_from(SandboxWebhook).where(SandboxWebhook.delivered_at.is_(None))
+    )
+    return int(pending or 0)
+
+
+def _top_up(w: World, card: str = GOOD_CARD, *, confirm: bool = True) -> dict[str, Any]:
+    body: dict[str, Any] = w.ok("POST", "/v1/top-ups", 201, json={"amount": 1000, "card": card, "confirm": confirm})
+    w.quiesce()
+    return body
+
+
+def _succeeded_top_up(w: World) -> str:
+    top_up = _top_up(w)
+    got = w.ok("GET", f"/v1/top-ups/{top_up['id']}", 200)
+    assert got["status"] == "succeeded", got
+    return str(top_up["id"])
+
+
+def _signed_provider_event(w: World, card: str) -> Call:
+    """A signed provider event for a processing top-up, sent by the test: the top-up is
+    created unconfirmed and moved to `processing` in the database (what a confirmation does,
+    minus queueing the sandbox's own event, which would race the call under test)."""
+    import json
+
+    from handlers.payments import signing
+    from handlers.payments.tables import TopUp
+    from tests.conftest import PAYMENTS_WEBHOOK_SECRET
+
+    top_up = w.ok("POST", "/v1/top-ups", 201, json={"amount": 1000, "card": card, "confirm": False})
+    with Session(w.engine) as session:
+        row = session.get(TopUp, uuid.UUID(top_up["id"]))
+        assert row is not None
+        row.status = "processing"
+        session.commit()
+    data: dict[str, Any] = {"top_up_id": top_up["id"], "amount": 1000, "currency": "USD"}
+    kind = "top_up.succeeded" if card == GOOD_CARD else "top_up.failed"
+    if kind == "top_up.failed":
+        data["failure_code"] = "processing_error"
+    body = {"id": "evt_" + uuid.uuid4().hex, "type": kind, "created": int(time.time()), "data": data}
+    raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    return Call(body=body, headers={signing.HEADER: signing.sign(raw, PAYMENTS_WEBHOOK_SECRET, int(time.time()))})
+
+
+SETUPS.update(
+    {
+        "createTopUp": lambda w: Call(body={"amount": 1000, "card": GOOD_CARD}),
+        "confirmTopUp": lambda w: Call({"topUpId": str(_top_up(w, confirm=False)["id"])}),
+        "cancelTopUp": lambda w: Call({"topUpId": str(_top_up(w, confirm=False)["id"])}),
+        "createRefund": lambda w: Call({"topUpId": _succeeded_top_up(w)}, {"amount": 100}),
+        "receiveSandboxWebhook": lambda w: _signed_provider_event(w, GOOD_CARD),
+    }
+)
+VARIANTS += [
+    pytest.param(
+        Variant(
+            "createTopUp",
+            "declined card",
+            lambda w: Call(body={"amount": 1000, "card": DECLINED_CARD}),
+            must_emit=("top_up.failed",),
+        ),
+        id="createTopUp-declined",
+    ),
+    pytest.param(
+        Variant(
+            "confirmTopUp",
+            "fails later",
+            lambda w: Call({"topUpId": str(_top_up(w, FAILS_LATER_CARD, confirm=False)["id"])}),
+            must_emit=("top_up.failed",),
+        ),
+        id="confirmTopUp-fails-later",
+    ),
+    pytest.param(
+        Variant(
+            "receiveSandboxWebhook",
+            "failed event",
+            lambda w: _signed_provider_event(w, FAILS_LATER_CARD),
+            must_emit=("top_up.failed",),
+        ),
+        id="receiveSandboxWebhook-failed",
+    ),
+]
+
+
 def _validator(event_type: str) -> jsonschema_rs.Validator:
     if event_type not in _VALIDATORS:
         _VALIDATORS[event_type] = jsonschema_rs.validator_for(
@@ -308,6 +403,7 @@ def _run(
     headers = {} if op.public else dict(world.owner.headers)
     if op.idempotent:
         headers["Idempotency-Key"] = str(uuid.uuid4())
+    headers.update(call.headers)
     response = world.client.request(op.method, op.path.format(**call.path), json=call.body, headers=headers)
     assert response.status_code == op.success_status, f"{op.operation_id}: {response.status_code} {response.text}"
     world.quiesce()
