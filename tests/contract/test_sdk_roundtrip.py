@@ -1054,3 +1054,77 @@ def _receive_sandbox_webhook(w: World) -> None:
     forged = signing.sign(raw, "whsec_not_the_secret_000000000000", int(time.time()))
     bad = _problem(anonymous, 400, "receiveSandboxWebhook", body=event, hangar_signature=forged)
     assert bad.type_.endswith("/webhook-signature-invalid")
+
+
+# --- terminal (helper D1) -------------------------------------------------------------------
+
+
+def _terminal_models() -> Any:
+    import hangar_client.models as m
+
+    return m
+
+
+@roundtrip("createTerminalSession")
+def _create_terminal_session(w: World) -> None:
+    m = _terminal_models()
+    instance = _running(w)
+    created = w.owner.call(
+        "createTerminalSession", instance.id, body=m.TerminalSessionCreate(command=["uname", "-a"], cols=100, rows=30)
+    )
+    assert isinstance(created, m.TerminalSessionCreated)
+    assert created.instance_id == instance.id and created.status is m.TerminalSessionStatus.PENDING
+    assert created.ticket.startswith("hgt_") and created.ticket not in created.url
+    assert created.url.endswith(f"/v1/terminal-sessions/{created.id}/stream") and created.url.startswith("ws")
+    assert (created.cols, created.rows, created.command) == (100, 30, ["uname", "-a"])
+    assert created.expires_at > created.created_at
+    _problem(w.owner, 404, "createTerminalSession", uuid.uuid4(), body=m.TerminalSessionCreate())
+    w.owner.wait_for_action(_act(w, instance.id, InstanceActionRequestType.STOP).id)
+    stopped = _problem(w.owner, 409, "createTerminalSession", instance.id, body=m.TerminalSessionCreate())
+    assert stopped.type_.endswith("/instance-not-running")
+    _dispose(w, instance.id)
+
+
+@roundtrip("listTerminalSessions")
+def _list_terminal_sessions(w: World) -> None:
+    m = _terminal_models()
+    instance = _running(w)
+    first = w.owner.call("createTerminalSession", instance.id, body=m.TerminalSessionCreate())
+    second = w.owner.call("createTerminalSession", instance.id, body=m.TerminalSessionCreate(command=["true"]))
+    listed = _walk(lambda cursor: w.owner.call("listTerminalSessions", limit=1, cursor=cursor, instance_id=instance.id))
+    assert all(isinstance(s, m.TerminalSession) for s in listed)
+    assert [s.id for s in listed] == [second.id, first.id]  # newest first
+    w.owner.call("deleteTerminalSession", first.id)
+    ended = w.owner.call("listTerminalSessions", instance_id=instance.id, status=m.TerminalSessionStatus.ENDED)
+    assert isinstance(ended, m.TerminalSessionList) and [s.id for s in ended.data] == [first.id]
+    pending = w.owner.call("listTerminalSessions", instance_id=instance.id, status=m.TerminalSessionStatus.PENDING)
+    assert [s.id for s in pending.data] == [second.id]
+    w.owner.call("deleteTerminalSession", second.id)
+    _dispose(w, instance.id)
+
+
+@roundtrip("getTerminalSession")
+def _get_terminal_session(w: World) -> None:
+    m = _terminal_models()
+    instance = _running(w)
+    created = w.owner.call("createTerminalSession", instance.id, body=m.TerminalSessionCreate())
+    got = w.owner.call("getTerminalSession", created.id)
+    assert isinstance(got, m.TerminalSession) and got.id == created.id
+    assert got.status is m.TerminalSessionStatus.PENDING and got.api_key_id == w.api_key_id
+    assert got.bytes_in == 0 and got.bytes_out == 0 and got.started_at is None and got.end_reason is None
+    _problem(w.owner, 404, "getTerminalSession", uuid.uuid4())
+    w.owner.call("deleteTerminalSession", created.id)
+    _dispose(w, instance.id)
+
+
+@roundtrip("deleteTerminalSession")
+def _delete_terminal_session(w: World) -> None:
+    m = _terminal_models()
+    instance = _running(w)
+    created = w.owner.call("createTerminalSession", instance.id, body=m.TerminalSessionCreate())
+    assert w.owner.call("deleteTerminalSession", created.id) is None
+    got = w.owner.call("getTerminalSession", created.id)
+    assert got.status is m.TerminalSessionStatus.ENDED and got.end_reason == "closed"
+    assert w.owner.call("deleteTerminalSession", created.id) is None  # closing an ended session changes nothing
+    _problem(w.owner, 404, "deleteTerminalSession", uuid.uuid4())
+    _dispose(w, instance.id)

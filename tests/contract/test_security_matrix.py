@@ -117,6 +117,15 @@ class Party:
         settled instance keeps still while the isolation tests compare its state."""
         return running_instance(self.http, self.tenant.headers, name=f"i-{uuid.uuid4().hex[:12]}")
 
+    def terminal_session(self) -> str:
+        """A fresh terminal session (pending) into a fresh running instance (terminal, helper D1)."""
+        instance_id = str(self.launch()["instance"]["id"])
+        response = self.http.post(
+            f"/v1/instances/{instance_id}/terminal-sessions", json={}, headers=self.tenant.headers
+        )
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
+
     def host(self) -> str:
         """A fresh host (the party must be an operator)."""
         response = self.http.post("/v1/admin/hosts", json=_fresh_host(self, {}), headers=self.tenant.headers)
@@ -139,6 +148,8 @@ PROVISION: dict[str, Callable[[Party], str]] = {
     "hostId": lambda party: party.host(),
     # Every host party.host() makes has a VCPU inventory (the example's).
     "resourceClass": lambda party: "VCPU",
+    # terminal (helper D1): a pending session into a fresh running instance.
+    "sessionId": lambda party: party.terminal_session(),
 }
 
 
