@@ -84,6 +84,30 @@ OPERATION_CONFIG: list[dict[str, Any]] = [
     },
 ]
 
+# storage (helper E):
+# - createVolume: a snapshot_id must name an available snapshot of the caller's in the region,
+#   no larger than size_gib; createVolumeAction: attach needs instance_id, resize size_gib (422).
+# - A deleted volume (its delete is a 202 and a `delete` action) and a deleted snapshot stay
+#   readable, with their actions, like terminated instances: not a use after free.
+OPERATION_CONFIG += [
+    {
+        "include-operation-id": ["createVolume", "createVolumeAction"],
+        "checks": {"positive_data_acceptance": {"expected-statuses": ALSO_422}},
+    },
+    {
+        "include-operation-id": [
+            "getVolume",
+            "listVolumeActions",
+            "createVolumeAction",
+            "createSnapshot",
+            "deleteVolume",
+            "getSnapshot",
+            "deleteSnapshot",
+        ],
+        "checks": {"use_after_free": {"enabled": False}},
+    },
+]
+
 
 def _config(phases: dict[str, Any]) -> schemathesis.Config:
     return schemathesis.Config.from_dict(
@@ -115,6 +139,18 @@ COMPUTE = sorted(op_id for op_id, op in OPERATIONS.items() if op.context in ("in
 LINKED = {
     "provisioning": {"getInstance", "getAction", "listInstanceActions", "createInstanceAction", "terminateInstance"},
     "inventory": {"getHost", "drainHost", "updateHostInventory"},
+}
+# storage (helper E): createVolume → getVolume, getVolumeAction, listVolumeActions,
+# createVolumeAction, createSnapshot, deleteVolume; createSnapshot → getSnapshot, deleteSnapshot.
+LINKED["storage"] = {
+    "getVolume",
+    "getVolumeAction",
+    "listVolumeActions",
+    "createVolumeAction",
+    "createSnapshot",
+    "deleteVolume",
+    "getSnapshot",
+    "deleteSnapshot",
 }
 
 

@@ -889,6 +889,230 @@ def _get_capacity_report(w: World) -> None:
     _problem(w.owner, 403, "getCapacityReport")
 
 
+# -- storage: volumes, volume actions, snapshots (helper E) -------------------------------------
+
+import hangar_client.models as sm  # noqa: E402 - storage's block keeps its imports with it
+from hangar_client import waiters as storage_waiters  # noqa: E402
+
+
+def _wait_storage(w: World, thing: str, thing_id: uuid.UUID, **kwargs: Any) -> Any:
+    """hangar_client.waiters.wait_for_<thing>[_async] for the owner (volume, volume_action, snapshot)."""
+    client = w.owner._authenticated()
+    options = {"timeout": WAIT_TIMEOUT, "interval": 0.02, "max_interval": 0.2, **kwargs}
+    if w.owner.flavour == "sync":
+        return getattr(storage_waiters, f"wait_for_{thing}")(client, thing_id, **options)
+    assert w.owner.target.loop is not None
+    return w.owner.target.loop.run_until_complete(
+        getattr(storage_waiters, f"wait_for_{thing}_async")(client, thing_id, **options)
+    )
+
+
+def _volume_name() -> str:
+    return f"vol-{uuid.uuid4().hex[:10]}"
+
+
+def _new_volume(w: World, size_gib: int = 10, **extra: Any) -> sm.Volume:
+    launched = w.owner.call(
+        "createVolume", body=sm.VolumeCreate(name=_volume_name(), region=LAUNCH_REGION, size_gib=size_gib, **extra)
+    )
+    assert isinstance(launched, sm.VolumeLaunch)
+    done = _wait_storage(w, "volume_action", launched.action.id)
+    assert done.status is sm.VolumeActionStatus.SUCCEEDED
+    volume = w.owner.call("getVolume", launched.volume.id)
+    assert isinstance(volume, sm.Volume) and volume.state is sm.VolumeState.AVAILABLE
+    return volume
+
+
+def _volume_act(w: World, volume_id: uuid.UUID, kind: sm.VolumeActionRequestType, **extra: Any) -> sm.VolumeAction:
+    action = w.owner.call("createVolumeAction", volume_id, body=sm.VolumeActionRequest(type_=kind, **extra))
+    assert isinstance(action, sm.VolumeAction) and action.volume_id == volume_id
+    done = _wait_storage(w, "volume_action", action.id)
+    assert done.status is sm.VolumeActionStatus.SUCCEEDED
+    return action
+
+
+def _new_snapshot(w: World, volume_id: uuid.UUID) -> sm.Snapshot:
+    snapshot = w.owner.call("createSnapshot", volume_id, body=sm.SnapshotCreate(name=_volume_name()))
+    assert isinstance(snapshot, sm.Snapshot) and snapshot.state is sm.SnapshotState.PENDING
+    done = _wait_storage(w, "snapshot", snapshot.id)
+    assert done.state is sm.SnapshotState.AVAILABLE
+    return done
+
+
+def _remove_volume(w: World, volume_id: uuid.UUID) -> None:
+    volume = _wait_storage(w, "volume", volume_id, state="available")
+    assert volume.instance_id is UNSET
+    action = w.owner.call("deleteVolume", volume_id)
+    assert _wait_storage(w, "volume_action", action.id).status is sm.VolumeActionStatus.SUCCEEDED
+
+
+@roundtrip("createVolume")
+def _create_volume(w: World) -> None:
+    name = _volume_name()
+    launched = w.owner.call("createVolume", body=sm.VolumeCreate(name=name, region=LAUNCH_REGION, size_gib=10))
+    assert isinstance(launched, sm.VolumeLaunch)
+    assert launched.volume.state is sm.VolumeState.CREATING and launched.volume.locked
+    assert (launched.action.type_, launched.action.size_gib) == (sm.VolumeActionType.CREATE, 10)
+    volume = _wait_storage(w, "volume", launched.volume.id)
+    assert volume.state is sm.VolumeState.AVAILABLE and volume.name == name and volume.snapshot_id is UNSET
+    # Idempotent with a key; the name is taken in the region until the volume is deleted.
+    key = f"rt-{uuid.uuid4()}"
+    body = sm.VolumeCreate(name=_volume_name(), region=LAUNCH_REGION, size_gib=5)
+    first = w.owner.call("createVolume", body=body, idempotency_key=key)
+    again = w.owner.call("createVolume", body=body, idempotency_key=key)
+    assert (first.volume.id, first.action.id) == (again.volume.id, again.action.id)
+    taken = _problem(w.owner, 409, "createVolume", body=sm.VolumeCreate(name=name, region=LAUNCH_REGION, size_gib=1))
+    assert taken.type_.endswith("/volume-name-taken")
+    for volume_id in (volume.id, first.volume.id):
+        _remove_volume(w, volume_id)
+
+
+@roundtrip("getVolume")
+def _get_volume(w: World) -> None:
+    volume = _new_volume(w)
+    got = w.owner.call("getVolume", volume.id)
+    assert isinstance(got, sm.Volume) and (got.id, got.size_gib, got.region) == (volume.id, 10, LAUNCH_REGION)
+    assert isinstance(got.created_at, dt.datetime) and got.deleted_at is None and not got.locked
+    _problem(w.owner, 404, "getVolume", uuid.uuid4())
+    _remove_volume(w, volume.id)
+
+
+@roundtrip("listVolumes")
+def _list_volumes(w: World) -> None:
+    older, newer = _new_volume(w), _new_volume(w)
+    listed = _walk(lambda cursor: w.owner.call("listVolumes", limit=1, cursor=cursor))
+    ids = [v.id for v in listed]
+    assert all(isinstance(v, sm.Volume) for v in listed) and len(ids) == len(set(ids))
+    assert ids.index(newer.id) < ids.index(older.id)
+    available = w.owner.call("listVolumes", state=sm.VolumeState.AVAILABLE, region=LAUNCH_REGION, limit=200)
+    assert isinstance(available, sm.VolumeList) and {older.id, newer.id} <= {v.id for v in available.data}
+    assert w.owner.call("listVolumes", instance_id=uuid.uuid4()).data == []
+    for volume in (older, newer):
+        _remove_volume(w, volume.id)
+
+
+@roundtrip("deleteVolume")
+def _delete_volume(w: World) -> None:
+    volume = _new_volume(w)
+    action = w.owner.call("deleteVolume", volume.id)
+    assert isinstance(action, sm.VolumeAction) and action.type_ is sm.VolumeActionType.DELETE
+    assert w.owner.call("deleteVolume", volume.id).id == action.id  # idempotent
+    assert _wait_storage(w, "volume_action", action.id).status is sm.VolumeActionStatus.SUCCEEDED
+    gone = _wait_storage(w, "volume", volume.id, state="deleted")
+    assert isinstance(gone.deleted_at, dt.datetime)
+    _problem(w.owner, 404, "deleteVolume", uuid.uuid4())
+
+
+@roundtrip("createVolumeAction")
+def _create_volume_action(w: World) -> None:
+    instance = _running(w)
+    volume = _new_volume(w)
+    attach = _volume_act(w, volume.id, sm.VolumeActionRequestType.ATTACH, instance_id=instance.id)
+    assert (attach.type_, attach.instance_id) == (sm.VolumeActionType.ATTACH, instance.id)
+    in_use = _wait_storage(w, "volume", volume.id, state="in_use")
+    assert in_use.instance_id == instance.id and isinstance(in_use.attached_at, dt.datetime)
+    again = _problem(
+        w.owner, 409, "createVolumeAction", volume.id,
+        body=sm.VolumeActionRequest(type_=sm.VolumeActionRequestType.ATTACH, instance_id=instance.id),
+    )  # fmt: skip
+    assert again.type_.endswith("/invalid-state")
+    resize = _volume_act(w, volume.id, sm.VolumeActionRequestType.RESIZE, size_gib=20)
+    assert resize.size_gib == 20 and w.owner.call("getVolume", volume.id).size_gib == 20
+    shrink = _problem(
+        w.owner, 409, "createVolumeAction", volume.id,
+        body=sm.VolumeActionRequest(type_=sm.VolumeActionRequestType.RESIZE, size_gib=5),
+    )  # fmt: skip
+    assert shrink.type_.endswith("/cannot-shrink")
+    _volume_act(w, volume.id, sm.VolumeActionRequestType.DETACH)
+    assert _wait_storage(w, "volume", volume.id).instance_id is UNSET
+    _problem(
+        w.owner, 404, "createVolumeAction", uuid.uuid4(),
+        body=sm.VolumeActionRequest(type_=sm.VolumeActionRequestType.DETACH),
+    )  # fmt: skip
+    _remove_volume(w, volume.id)
+    _dispose(w, instance.id)
+
+
+@roundtrip("listVolumeActions")
+def _list_volume_actions(w: World) -> None:
+    volume = _new_volume(w)
+    _volume_act(w, volume.id, sm.VolumeActionRequestType.RESIZE, size_gib=11)
+    actions = _walk(lambda cursor: w.owner.call("listVolumeActions", volume.id, limit=1, cursor=cursor))
+    assert all(isinstance(a, sm.VolumeAction) and a.volume_id == volume.id for a in actions)
+    assert [a.type_ for a in actions] == [sm.VolumeActionType.RESIZE, sm.VolumeActionType.CREATE]
+    page = w.owner.call("listVolumeActions", volume.id)
+    assert isinstance(page, sm.VolumeActionList) and [a.id for a in page.data] == [a.id for a in actions]
+    _problem(w.owner, 404, "listVolumeActions", uuid.uuid4())
+    _remove_volume(w, volume.id)
+
+
+@roundtrip("getVolumeAction")
+def _get_volume_action(w: World) -> None:
+    launched = w.owner.call("createVolume", body=sm.VolumeCreate(name=_volume_name(), region=LAUNCH_REGION, size_gib=1))
+    action = w.owner.call("getVolumeAction", launched.action.id)
+    assert isinstance(action, sm.VolumeAction) and (action.id, action.volume_id) == (
+        launched.action.id,
+        launched.volume.id,
+    )
+    done = _wait_storage(w, "volume_action", action.id)
+    assert done.progress == 100 and isinstance(done.completed_at, dt.datetime) and done.error is None
+    _problem(w.owner, 404, "getVolumeAction", uuid.uuid4())
+    _remove_volume(w, launched.volume.id)
+
+
+@roundtrip("createSnapshot")
+def _create_snapshot(w: World) -> None:
+    volume = _new_volume(w, size_gib=3)
+    snapshot = _new_snapshot(w, volume.id)
+    assert (snapshot.volume_id, snapshot.size_gib, snapshot.region) == (volume.id, 3, LAUNCH_REGION)
+    restored = _new_volume(w, size_gib=4, snapshot_id=snapshot.id)
+    assert restored.snapshot_id == snapshot.id
+    small = _problem(
+        w.owner, 422, "createVolume",
+        body=sm.VolumeCreate(name=_volume_name(), region=LAUNCH_REGION, size_gib=1, snapshot_id=snapshot.id),
+    )  # fmt: skip
+    assert small.type_.endswith("/volume-too-small")
+    _problem(w.owner, 404, "createSnapshot", uuid.uuid4(), body=sm.SnapshotCreate(name="nope"))
+    for volume_id in (volume.id, restored.id):
+        _remove_volume(w, volume_id)
+
+
+@roundtrip("getSnapshot")
+def _get_snapshot(w: World) -> None:
+    volume = _new_volume(w)
+    snapshot = _new_snapshot(w, volume.id)
+    got = w.owner.call("getSnapshot", snapshot.id)
+    assert isinstance(got, sm.Snapshot) and got.id == snapshot.id and isinstance(got.completed_at, dt.datetime)
+    _problem(w.owner, 404, "getSnapshot", uuid.uuid4())
+    _remove_volume(w, volume.id)
+
+
+@roundtrip("listSnapshots")
+def _list_snapshots(w: World) -> None:
+    volume = _new_volume(w)
+    first, second = _new_snapshot(w, volume.id), _new_snapshot(w, volume.id)
+    listed = _walk(lambda cursor: w.owner.call("listSnapshots", volume_id=volume.id, limit=1, cursor=cursor))
+    assert [s.id for s in listed] == [second.id, first.id]
+    page = w.owner.call("listSnapshots", state=sm.SnapshotState.AVAILABLE, region=LAUNCH_REGION, limit=200)
+    assert isinstance(page, sm.SnapshotList) and {first.id, second.id} <= {s.id for s in page.data}
+    _remove_volume(w, volume.id)
+
+
+@roundtrip("deleteSnapshot")
+def _delete_snapshot(w: World) -> None:
+    volume = _new_volume(w)
+    snapshot = _new_snapshot(w, volume.id)
+    deleting = w.owner.call("deleteSnapshot", snapshot.id)
+    assert isinstance(deleting, sm.Snapshot) and deleting.state in (sm.SnapshotState.DELETING, sm.SnapshotState.DELETED)
+    deadline = time.monotonic() + WAIT_TIMEOUT
+    while (state := w.owner.call("getSnapshot", snapshot.id).state) is not sm.SnapshotState.DELETED:
+        assert time.monotonic() < deadline, state
+        time.sleep(0.02)
+    assert w.owner.call("deleteSnapshot", snapshot.id).state is sm.SnapshotState.DELETED  # idempotent
+    _problem(w.owner, 404, "deleteSnapshot", uuid.uuid4())
+    _remove_volume(w, volume.id)
+
+
 # -- payments (helper C): payment methods, top-ups, refunds, the sandbox webhook -------------------
 
 GOOD_CARD, DECLINED_CARD = "4242424242424242", "4000000000000002"

@@ -485,3 +485,58 @@ BODIES.update(
         "receiveSandboxWebhook": _payments_event,
     }
 )
+
+
+# -- storage (helper E): volumes, their actions, snapshots ---------------------------------------
+
+
+def _storage_wait(party: Party, path: str, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    deadline = time.monotonic() + 30
+    while True:
+        response = party.http.get(path, headers=party.tenant.headers)
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        if done(body):
+            return body
+        assert time.monotonic() < deadline, f"{path} never settled: {body}"
+        time.sleep(0.02)
+
+
+def _storage_volume(party: Party) -> dict[str, Any]:
+    """createVolume's answer for a fresh volume, waited for until it is available (the
+    controls resize and delete it, which a creating (locked) volume refuses)."""
+    response = party.http.post(
+        "/v1/volumes",
+        json={"name": f"m-{uuid.uuid4().hex[:12]}", "region": "fra1", "size_gib": 10},
+        headers=party.tenant.headers,
+    )
+    assert response.status_code == 202, response.text
+    launched: dict[str, Any] = response.json()
+    _storage_wait(party, f"/v1/volumes/{launched['volume']['id']}", lambda v: v["state"] == "available")
+    return launched
+
+
+def _storage_snapshot(party: Party) -> str:
+    volume_id = _storage_volume(party)["volume"]["id"]
+    response = party.http.post(f"/v1/volumes/{volume_id}/snapshots", json={"name": "m"}, headers=party.tenant.headers)
+    assert response.status_code == 202, response.text
+    snapshot_id = str(response.json()["id"])
+    _storage_wait(party, f"/v1/snapshots/{snapshot_id}", lambda s: s["state"] == "available")
+    return snapshot_id
+
+
+PROVISION.update(
+    {
+        "volumeId": lambda party: str(_storage_volume(party)["volume"]["id"]),
+        "volumeActionId": lambda party: str(_storage_volume(party)["action"]["id"]),  # the create, succeeded
+        "snapshotId": _storage_snapshot,
+    }
+)
+BODIES.update(
+    {
+        # A fresh name (a live volume's name is taken in its region), no snapshot to restore.
+        "createVolume": lambda party, ids: {"name": f"m-{uuid.uuid4().hex[:12]}", "region": "fra1", "size_gib": 10},
+        # The example attaches to an instance that does not exist; a resize (grow) needs nothing else.
+        "createVolumeAction": lambda party, ids: {"type": "resize", "size_gib": 20},
+    }
+)

@@ -105,6 +105,7 @@ class World:
                 busy = session.scalar(
                     select(func.count()).select_from(Instance).where(Instance.state.in_(sorted(states.TRANSITIONAL)))
                 )
+                busy = (busy or 0) + _storage_busy(session)  # storage (helper E): volume/snapshot work
                 busy = (busy or 0) + _payments_busy(session)  # payments (helper C): webhooks the sandbox owes
                 waiting = session.scalar(
                     select(func.count())
@@ -280,6 +281,72 @@ VARIANTS = [
 
 
 # --------------------------------------------------------------------------- the cases
+
+# -- storage (helper E): volumes and snapshots ----------------------------------------------------
+
+
+def _storage_busy(session: Session) -> int:
+    """Volumes an action holds and snapshots with work in flight (the storage runner's)."""
+    from handlers.storage.tables import Snapshot, Volume
+
+    volumes = session.scalar(select(func.count()).select_from(Volume).where(Volume.action_id.is_not(None)))
+    snapshots = session.scalar(select(func.count()).select_from(Snapshot).where(Snapshot.step.is_not(None)))
+    return int(volumes or 0) + int(snapshots or 0)
+
+
+def _volume(w: World, attach_to: str | None = None) -> str:
+    """A new available volume of the owner's (attached to `attach_to` when given)."""
+    made = w.ok(
+        "POST", "/v1/volumes", 202, json={"name": f"v-{uuid.uuid4().hex[:8]}", "region": "fra1", "size_gib": 10}
+    )
+    volume_id = str(made["volume"]["id"])
+    w.quiesce()
+    if attach_to is not None:
+        w.ok("POST", f"/v1/volumes/{volume_id}/actions", 202, json={"type": "attach", "instance_id": attach_to})
+        w.quiesce()
+    got = w.ok("GET", f"/v1/volumes/{volume_id}", 200)
+    assert got["state"] == ("in_use" if attach_to else "available"), got
+    return volume_id
+
+
+def _snapshot(w: World) -> str:
+    made = w.ok("POST", f"/v1/volumes/{_volume(w)}/snapshots", 202, json={"name": "s"})
+    w.quiesce()
+    return str(made["id"])
+
+
+SETUPS.update(
+    {
+        "createVolume": lambda w: Call(body={"name": "data-1", "region": "fra1", "size_gib": 10}),
+        "createVolumeAction": lambda w: Call(
+            path={"volumeId": _volume(w)}, body={"type": "attach", "instance_id": w.instance("running")}
+        ),
+        "deleteVolume": lambda w: Call(path={"volumeId": _volume(w)}),
+        "createSnapshot": lambda w: Call(path={"volumeId": _volume(w)}, body={"name": "snap"}),
+        "deleteSnapshot": lambda w: Call(path={"snapshotId": _snapshot(w)}),
+    }
+)
+VARIANTS += [
+    pytest.param(
+        Variant(
+            "createVolumeAction",
+            "detach",
+            lambda w: Call({"volumeId": _volume(w, attach_to=w.instance("running"))}, {"type": "detach"}),
+            must_emit=("volume.detached",),
+        ),
+        id="createVolumeAction-detach",
+    ),
+    pytest.param(
+        Variant(
+            "createVolumeAction",
+            "resize",
+            lambda w: Call({"volumeId": _volume(w)}, {"type": "resize", "size_gib": 20}),
+            must_emit=("volume.resized",),
+        ),
+        id="createVolumeAction-resize",
+    ),
+]
+
 
 
 # -- payments (helper C): top-ups, refunds, the signed sandbox webhook -----------------------------
