@@ -272,15 +272,18 @@ class Attached:
                 attachment = self.attachment
                 await run_in_threadpool(attachment.kill)
                 attachment.close()
-            await run_in_threadpool(
-                services.finish,
-                self.gateway.sessions,
-                self.admission,
-                reason=end.reason,
-                exit_code=end.exit_code,
-                bytes_in=self.bytes_in,
-                bytes_out=self.bytes_out,
-            )
+            try:
+                await run_in_threadpool(
+                    services.finish,
+                    self.gateway.sessions,
+                    self.admission,
+                    reason=end.reason,
+                    exit_code=end.exit_code,
+                    bytes_in=self.bytes_in,
+                    bytes_out=self.bytes_out,
+                )
+            except Exception:  # the client still gets its close; the sweeper ends the row later
+                log.exception("terminal session %s: recording its end failed", sid)
             await self._close(end)
 
     async def _close(self, end: _End) -> None:
