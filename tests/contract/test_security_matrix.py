@@ -66,11 +66,17 @@ SCOPED = [(op_id, scope) for op_id in SECURED for scope in OPERATIONS[op_id].sco
 # out of the cross-tenant tests; who may name them at all is the admin:* scopes' business
 # (test_a_tenant_owner_is_refused_every_operator_operation).
 PLATFORM_GLOBAL = frozenset({"hostId", "resourceClass"})
+# An operator operation's organizationId names any organization on purpose (billing's credit
+# limit and adjustments): the operator is meant to reach another organization there, so it is
+# no cross-tenant case either; that a tenant cannot is, again, the admin:* scopes' business.
+OPERATOR_TARGETS = frozenset({"organizationId"})
 WITH_PATH_PARAMS = [
     (op_id, param.name)
     for op_id in SECURED
     for param in OPERATIONS[op_id].params
-    if param.location == "path" and param.name not in PLATFORM_GLOBAL
+    if param.location == "path"
+    and param.name not in PLATFORM_GLOBAL
+    and not (op_id in ADMIN and param.name in OPERATOR_TARGETS)
 ]
 
 
@@ -540,3 +546,23 @@ BODIES.update(
         "createVolumeAction": lambda party, ids: {"type": "resize", "size_gib": 20},
     }
 )
+
+
+# -- billing: ledger (helper A) --------------------------------------------------------------------
+
+
+def _statement_id(party: Party) -> str:
+    """The party's current month's statement (billing opens the wallet on organization.created,
+    delivered just after the signup: wait for the list to have it)."""
+    deadline = time.monotonic() + 30
+    while True:
+        response = party.http.get("/v1/billing/statements", headers=party.tenant.headers)
+        assert response.status_code == 200, response.text
+        data = response.json()["data"]
+        if data:
+            return str(data[0]["id"])
+        assert time.monotonic() < deadline, "the wallet never opened"
+        time.sleep(0.02)
+
+
+PROVISION.update({"statementId": _statement_id})
