@@ -1280,6 +1280,148 @@ def _receive_sandbox_webhook(w: World) -> None:
     assert bad.type_.endswith("/webhook-signature-invalid")
 
 
+# -- billing: ledger (helper A) -------------------------------------------------------------------
+
+
+def _wallet_known(w: World) -> Any:
+    """The tenant's balance as the operator sees it, once billing has opened the wallet (on
+    organization.created, delivered just after the signup)."""
+    from hangar_client.models import BillingBalance
+
+    deadline = time.monotonic() + WAIT_TIMEOUT
+    while True:
+        response = w.operator.detailed("getOrganizationBalance", w.organization_id)
+        if response.status_code == 200:
+            assert isinstance(response.parsed, BillingBalance)
+            return response.parsed
+        assert response.status_code == 404 and time.monotonic() < deadline, response.content
+        time.sleep(0.05)
+
+
+@roundtrip("getBalance")
+def _get_balance(w: World) -> None:
+    from hangar_client.models import BillingBalance
+
+    _wallet_known(w)
+    b = w.owner.call("getBalance")
+    assert isinstance(b, BillingBalance) and b.currency == "USD"
+    assert b.available == b.balance - b.held + b.credit_limit
+
+
+@roundtrip("listTransactions")
+def _list_transactions(w: World) -> None:
+    from hangar_client.models import (
+        CreditAdjustmentCreate,
+        CreditAdjustmentDirection,
+        Transaction,
+        TransactionList,
+        TransactionStatus,
+    )
+
+    _wallet_known(w)
+    w.operator.call(
+        "createCreditAdjustment",
+        w.organization_id,
+        body=CreditAdjustmentCreate(direction=CreditAdjustmentDirection.CREDIT, amount=11, reason="round trip"),
+    )
+    rows = _walk(lambda cursor: w.owner.call("listTransactions", limit=1, cursor=cursor))
+    assert rows and all(isinstance(r, Transaction) for r in rows)
+    assert all(isinstance(r.status, TransactionStatus) for r in rows)
+    only = w.owner.call("listTransactions", code="adjustment")
+    assert isinstance(only, TransactionList) and only.data and {r.code for r in only.data} == {"adjustment"}
+
+
+@roundtrip("listUsage")
+def _list_usage(w: World) -> None:
+    from hangar_client.models import UsageList
+
+    usage = w.owner.call("listUsage")
+    assert isinstance(usage, UsageList) and usage.currency == "USD"
+    assert usage.total == sum(line.amount for line in usage.data) or usage.next_cursor
+    problem = _problem(w.owner, 422, "listUsage", from_=dt.date(2026, 1, 1), to=dt.date(2026, 6, 1))
+    assert problem.type_.endswith("range-too-long")
+
+
+@roundtrip("listStatements")
+def _list_statements(w: World) -> None:
+    from hangar_client.models import StatementList, StatementStatus
+
+    _wallet_known(w)
+    page = w.owner.call("listStatements")
+    assert isinstance(page, StatementList) and page.data
+    assert page.data[0].status is StatementStatus.OPEN and page.data[0].finalized_at is None
+
+
+@roundtrip("getStatement")
+def _get_statement(w: World) -> None:
+    from hangar_client.models import Statement
+
+    _wallet_known(w)
+    first = w.owner.call("listStatements").data[0]
+    statement = w.owner.call("getStatement", first.id)
+    assert isinstance(statement, Statement) and statement.period == first.period
+    assert sum(line.amount for line in statement.lines) == statement.closing_balance - statement.opening_balance
+    _problem(w.owner, 404, "getStatement", uuid.uuid4())
+
+
+@roundtrip("listStatementLines")
+def _list_statement_lines(w: World) -> None:
+    from hangar_client.models import StatementLine
+
+    _wallet_known(w)
+    first = w.owner.call("listStatements").data[0]
+    lines = _walk(lambda cursor: w.owner.call("listStatementLines", first.id, limit=1, cursor=cursor))
+    assert all(isinstance(line, StatementLine) for line in lines)
+    assert len(lines) == len(w.owner.call("getStatement", first.id).lines)
+    _problem(w.owner, 404, "listStatementLines", uuid.uuid4())
+
+
+@roundtrip("getOrganizationBalance")
+def _get_organization_balance(w: World) -> None:
+    seen = _wallet_known(w)
+    assert seen.balance == w.owner.call("getBalance").balance
+    _problem(w.operator, 404, "getOrganizationBalance", uuid.uuid4())
+    _problem(w.owner, 403, "getOrganizationBalance", w.organization_id)
+
+
+@roundtrip("setCreditLimit")
+def _set_credit_limit(w: World) -> None:
+    from hangar_client.models import BillingBalance, CreditLimitUpdate
+
+    _wallet_known(w)
+    raised = w.operator.call("setCreditLimit", w.organization_id, body=CreditLimitUpdate(credit_limit=1_000))
+    assert isinstance(raised, BillingBalance) and raised.credit_limit == 1_000
+    assert w.owner.call("getBalance").credit_limit == 1_000
+    back = w.operator.call("setCreditLimit", w.organization_id, body=CreditLimitUpdate(credit_limit=0))
+    assert back.credit_limit == 0
+    _problem(w.operator, 404, "setCreditLimit", uuid.uuid4(), body=CreditLimitUpdate(credit_limit=1))
+
+
+@roundtrip("createCreditAdjustment")
+def _create_credit_adjustment(w: World) -> None:
+    from hangar_client.models import CreditAdjustment, CreditAdjustmentCreate, CreditAdjustmentDirection
+
+    before = _wallet_known(w)
+    credit = w.operator.call(
+        "createCreditAdjustment",
+        w.organization_id,
+        body=CreditAdjustmentCreate(direction=CreditAdjustmentDirection.CREDIT, amount=250, reason="round trip"),
+    )
+    assert isinstance(credit, CreditAdjustment) and credit.amount == 250
+    assert credit.balance.balance == before.balance + 250
+    debit = w.operator.call(
+        "createCreditAdjustment",
+        w.organization_id,
+        body=CreditAdjustmentCreate(direction=CreditAdjustmentDirection.DEBIT, amount=250, reason="round trip"),
+    )
+    assert debit.balance.balance == before.balance
+    too_much = CreditAdjustmentCreate(
+        direction=CreditAdjustmentDirection.DEBIT, amount=debit.balance.available + 1, reason="round trip"
+    )
+    problem = _problem(w.operator, 409, "createCreditAdjustment", w.organization_id, body=too_much)
+    assert problem.type_.endswith("insufficient-funds")
+
+
 # --- terminal (helper D1) -------------------------------------------------------------------
 
 

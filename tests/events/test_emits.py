@@ -39,7 +39,7 @@ from generated.events.catalog import CATALOG
 from generated.routing import OPERATIONS, Operation
 from handlers.provisioning import configuration, runner, states
 from handlers.provisioning.tables import Instance
-from hangar.db import make_engine
+from hangar.db import make_engine, utcnow
 from hangar.outbox import OutboxEvent
 
 pytestmark = pytest.mark.postgres
@@ -187,6 +187,8 @@ class Call:
     path: dict[str, str] = field(default_factory=dict)
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)  # extra ones (payments: a webhook's signature)
+    # Who calls, when not the world's owner (an operator for the admin:* operations).
+    auth: dict[str, str] | None = None
 
 
 Setup = Callable[[World], Call]
@@ -280,8 +282,6 @@ VARIANTS = [
 ]
 
 
-# --------------------------------------------------------------------------- the cases
-
 # -- storage (helper E): volumes and snapshots ----------------------------------------------------
 
 
@@ -347,6 +347,8 @@ VARIANTS += [
     ),
 ]
 
+
+# --------------------------------------------------------------------------- the cases
 
 
 # -- payments (helper C): top-ups, refunds, the signed sandbox webhook -----------------------------
@@ -467,7 +469,7 @@ def _run(
     if hosts_fail:
         assert monkeypatch is not None
         world.hosts_fail(monkeypatch=monkeypatch)
-    headers = {} if op.public else dict(world.owner.headers)
+    headers = {} if op.public else dict(call.auth or world.owner.headers)
     if op.idempotent:
         headers["Idempotency-Key"] = str(uuid.uuid4())
     headers.update(call.headers)
@@ -559,3 +561,27 @@ def test_every_declared_event_was_observed(request: pytest.FixtureRequest) -> No
     assert unseen == [], f"declared in x-emits but never emitted by any case (operation, event): {unseen}"
     every_event = sorted({event for _, event in declared})
     assert every_event == sorted({event for _, event in OBSERVED}), "some declared event type was never observed"
+
+
+# --------------------------------------------------------------------------- billing: ledger (helper A)
+
+
+def _operator_auth(w: World) -> dict[str, str]:
+    """An operator organization's owner (admin:* scopes), made as `hangar-admin create-operator` does."""
+    from handlers.identity.published import create_operator
+
+    with Session(w.engine) as session:
+        _, _, secret = create_operator(
+            session, email=f"ops-{uuid.uuid4().hex[:8]}@example.com", organization_name="Ops", now=utcnow()
+        )
+        session.commit()
+    return {"Authorization": f"Bearer {secret}"}
+
+
+SETUPS.update(
+    {
+        "createCreditAdjustment": lambda w: Call(
+            path=_org(w), body={"direction": "credit", "amount": 100, "reason": "goodwill"}, auth=_operator_auth(w)
+        ),
+    }
+)
