@@ -222,8 +222,8 @@ class Runner:
         with contextlib.suppress(ConnectionClosed):
             await self.ws.send(self.frame(role, payload))
 
-    def write(self, data: bytes) -> None:
-        if self.translate is not None:
+    def write(self, data: bytes, *, translated: bool = True) -> None:
+        if self.translate is not None and translated:
             data = self.translate.feed(data)
         view = memoryview(data)
         while view:
@@ -310,7 +310,7 @@ class Runner:
         except ConnectionClosed:
             pass
         if self.translate is not None:
-            self.write(self.translate.flush())
+            self.write(self.translate.flush(), translated=False)  # a last, lone \r
 
     def outcome(self, code: int | None, reason: str) -> int:
         """The exit status, from the exit frame, else from the close code (with a message)."""
@@ -327,7 +327,7 @@ class Runner:
         else:
             message = f"the terminal gateway closed the session (code {code})"
         detail = (self.exit or {}).get("reason") or reason
-        if detail and detail != self.proto.CLOSE_REASONS.get(code) and detail not in message:
+        if detail and detail != self.proto.CLOSE_REASONS.get(code):
             message += f" ({detail})"
         if code is not None and code != 1006:
             message += f" [close code {code}]"
