@@ -30,12 +30,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Row, Table, and_, delete, func, insert, or_, select, text, update
+from sqlalchemy import BigInteger, Row, Table, and_, bindparam, delete, func, insert, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, aliased
 
 from handlers.billing.tables import LedgerAccount, LedgerOpenPending, LedgerTransfer
+from hangar.db import UTCDateTime
 
 CURRENCY = "USD"
 PLATFORM_ACCOUNTS: tuple[str, ...] = ("revenue", "psp_clearing", "promotions", "holds", "uncollected")
@@ -47,6 +48,33 @@ _NAMESPACE = uuid.UUID("6f1c2b1e-4d0a-5b8e-9c3f-0a1b2c3d4e5f")
 ACCOUNTS = cast(Table, LedgerAccount.__table__)
 TRANSFERS = cast(Table, LedgerTransfer.__table__)
 OPEN = cast(Table, LedgerOpenPending.__table__)
+RESOLVER = TRANSFERS.alias("resolver")
+
+# The hot path's statements, built once (building a statement costs more than running it on
+# SQLite); each execution binds its values.
+_TAKE_WRITE_LOCK = text("UPDATE ledger_accounts SET id = id WHERE 0")
+_LOCK = (
+    select(ACCOUNTS)
+    .where(ACCOUNTS.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(ACCOUNTS.c.id)
+    .with_for_update()
+)
+_WITH_STATUS = select(*TRANSFERS.c, RESOLVER.c.kind.label("resolution")).outerjoin(
+    RESOLVER, RESOLVER.c.pending_id == TRANSFERS.c.id
+)
+_BY_ID = _WITH_STATUS.where(TRANSFERS.c.id == bindparam("transfer_id"))
+_MOVE = (
+    update(ACCOUNTS)
+    .where(ACCOUNTS.c.id == bindparam("account"))
+    .values(
+        debits_pending=ACCOUNTS.c.debits_pending + bindparam("dpe", type_=BigInteger),
+        debits_posted=ACCOUNTS.c.debits_posted + bindparam("dpo", type_=BigInteger),
+        credits_pending=ACCOUNTS.c.credits_pending + bindparam("cpe", type_=BigInteger),
+        credits_posted=ACCOUNTS.c.credits_posted + bindparam("cpo", type_=BigInteger),
+        updated_at=bindparam("now", type_=UTCDateTime),
+    )
+)
+_INSERTS: dict[tuple[str, str], Any] = {}
 
 _COLUMNS = ("debits_pending", "debits_posted", "credits_pending", "credits_posted")
 
@@ -205,10 +233,8 @@ def lock_accounts(session: Session, account_ids: Iterable[uuid.UUID]) -> dict[uu
     ordered = sorted(set(account_ids))
     if session.get_bind().dialect.name == "sqlite":
         # The transaction's write lock: serialises writers, so the reads below are current.
-        session.execute(text("UPDATE ledger_accounts SET id = id WHERE 0"))
-    rows = session.execute(
-        select(ACCOUNTS).where(ACCOUNTS.c.id.in_(ordered)).order_by(ACCOUNTS.c.id).with_for_update()
-    ).all()
+        session.execute(_TAKE_WRITE_LOCK)
+    rows = session.execute(_LOCK, {"ids": ordered}).all()
     found = {row.id: row for row in rows}
     missing = [str(i) for i in ordered if i not in found]
     if missing:
@@ -464,21 +490,18 @@ def get_transfer(session: Session, transfer_id: uuid.UUID) -> TransferView | Non
     return _existing(session, transfer_id)
 
 
-def transfer_views(session: Session, stmt_rows: Sequence[Row[Any]]) -> list[TransferView]:
+def transfer_views(session: Session, stmt_rows: Sequence[Any]) -> list[TransferView]:
     """Views of transfer rows selected with `status_column()` labelled "resolution"."""
     return [_view(row._mapping, _status(row.kind, row.resolution)) for row in stmt_rows]
 
 
 def with_status() -> Any:
     """A SELECT of transfers with each hold's resolution kind (label "resolution")."""
-    resolver = aliased(LedgerTransfer)
-    return select(*(TRANSFERS.c), resolver.kind.label("resolution")).outerjoin(
-        resolver, resolver.pending_id == TRANSFERS.c.id
-    )
+    return _WITH_STATUS
 
 
 def _existing(session: Session, transfer_id: uuid.UUID) -> TransferView | None:
-    rows = session.execute(with_status().where(TRANSFERS.c.id == transfer_id)).all()
+    rows = session.execute(_BY_ID, {"transfer_id": transfer_id}).all()
     return transfer_views(session, rows)[0] if rows else None
 
 
@@ -665,22 +688,35 @@ def _move(
     credit_delta: dict[str, int],
     now: datetime,
 ) -> None:
-    # Increments, in id order (the locks are already held; the order is for tidiness).
-    for account, delta in sorted(((debit, debit_delta), (credit, credit_delta)), key=lambda p: p[0]):
-        values: dict[str, Any] = {col: ACCOUNTS.c[col] + n for col, n in delta.items() if n}
-        values["updated_at"] = now
-        session.execute(update(ACCOUNTS).where(ACCOUNTS.c.id == account).values(**values))
+    # Increments (the locks are already held), both accounts in one executemany.
+    session.execute(
+        _MOVE,
+        [
+            {
+                "account": account,
+                "dpe": delta.get("debits_pending", 0),
+                "dpo": delta.get("debits_posted", 0),
+                "cpe": delta.get("credits_pending", 0),
+                "cpo": delta.get("credits_posted", 0),
+                "now": now,
+            }
+            for account, delta in sorted(((debit, debit_delta), (credit, credit_delta)), key=lambda p: p[0])
+        ],
+    )
 
 
 def _insert_ignore(session: Session, table: Table, values: dict[str, Any]) -> bool:
     """INSERT that does nothing on a uniqueness conflict; True if the row was inserted."""
     dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        stmt: Any = pg_insert(table).values(**values).on_conflict_do_nothing()
-    elif dialect == "sqlite":
-        stmt = sqlite_insert(table).values(**values).on_conflict_do_nothing()
-    else:  # pragma: no cover - the two supported databases are above
-        stmt = insert(table).values(**values)
-    # RETURNING, not rowcount: psycopg reports -1 for an INSERT … ON CONFLICT through SQLAlchemy.
-    key = next(iter(table.primary_key.columns))
-    return session.execute(stmt.returning(key)).first() is not None
+    stmt = _INSERTS.get((dialect, table.name))
+    if stmt is None:
+        if dialect == "postgresql":
+            stmt = pg_insert(table).on_conflict_do_nothing()
+        elif dialect == "sqlite":
+            stmt = sqlite_insert(table).on_conflict_do_nothing()
+        else:  # pragma: no cover - the two supported databases are above
+            stmt = insert(table)
+        # RETURNING, not rowcount: psycopg reports -1 for an INSERT … ON CONFLICT through SQLAlchemy.
+        stmt = stmt.returning(next(iter(table.primary_key.columns)))
+        _INSERTS[(dialect, table.name)] = stmt
+    return session.execute(stmt, values).first() is not None
