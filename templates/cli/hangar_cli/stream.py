@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import json
 import os
@@ -262,12 +263,12 @@ class Runner:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self.ws = await self.connect()
-        cleanups: list[Callable[[], None]] = []
+        cleanups: list[Callable[[], object]] = []
         main = asyncio.current_task()
         try:
             for signum in (signal.SIGTERM, signal.SIGHUP) + (() if self.tty else (signal.SIGINT,)):
                 loop.add_signal_handler(signum, self._on_signal, signum, main)
-                cleanups.append(lambda s=signum: loop.remove_signal_handler(s))
+                cleanups.append(functools.partial(loop.remove_signal_handler, signum))
             with raw_mode(self.stdin_fd) if self.tty else contextlib.nullcontext():
                 await self.send("auth", {"ticket": self.ticket, **self.size_payload()})
                 if self.tty:
@@ -303,9 +304,12 @@ class Runner:
                     self.write(payload)
                 elif channel == exit_channel:
                     try:
-                        self.exit = json.loads(payload)
+                        found = json.loads(payload)
                     except ValueError:
-                        raise SessionFailed("the terminal gateway sent an exit frame that is not JSON") from None
+                        found = None
+                    if not isinstance(found, dict):
+                        raise SessionFailed("the terminal gateway sent an exit frame that is not a JSON object")
+                    self.exit = found
                 # Other channels (added by a later version of the protocol) are skipped.
         except ConnectionClosed:
             pass
