@@ -252,8 +252,8 @@ def test_malformed_frames_are_4400(server: Any, tenant: Tenant) -> None:
         async with connect(
             url, subprotocols=subprotocols if subprotocols is not None else ["hangar.terminal.v1"]
         ) as ws:  # type: ignore[arg-type]
-            await ws.send(payload)
             try:
+                await ws.send(payload)  # the server may already have closed (no subprotocol)
                 while True:
                     await asyncio.wait_for(ws.recv(), 5)
             except ConnectionClosed as closed:
