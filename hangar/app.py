@@ -335,6 +335,9 @@ def main() -> None:
         # Dead terminal peers are found by websocket pings (docs/terminal.md).
         ws_ping_interval=settings.terminal_ping_interval_seconds,
         ws_ping_timeout=settings.terminal_ping_timeout_seconds,
+        # Terminal frames are small and latency-bound: compressing each one costs CPU on both
+        # ends for little gain (bench/terminal.py).
+        ws_per_message_deflate=False,
     )
 
 
