@@ -24,9 +24,10 @@ class Sweeper:
     def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
         self._interval = max(0.5, settings.terminal_recheck_seconds * 5)
-        # A live gateway writes a heartbeat every recheck interval; ten missed ones (and at
-        # least half a minute) mean its process is gone.
-        self._lost_after = timedelta(seconds=max(30.0, settings.terminal_recheck_seconds * 10))
+        # A live gateway writes a heartbeat every recheck interval; thirty missed ones (and at
+        # least two minutes: under heavy load the heartbeats queue for the thread pool and the
+        # database) mean its process is gone.
+        self._lost_after = timedelta(seconds=max(120.0, settings.terminal_recheck_seconds * 30))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
