@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -65,7 +66,7 @@ def on_metered_event(session: Session, envelope: Envelope) -> None:
     now = utcnow()
     if kind.startswith("instance."):
         instance_id = uuid.UUID(str(data["instance_id"]))
-        common = {
+        common: dict[str, Any] = {
             "organization_id": organization_id,
             "resource_type": "instance",
             "resource_id": instance_id,

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Row, Table, bindparam, insert, or_, select, update
+from sqlalchemy import Row, Table, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
@@ -331,6 +331,10 @@ def charge_meter(meter: Any, edges: Sequence[Edge], stored: dict[date, Day], hor
     or never charged) and its stored usage days. Pure: no database."""
     period = meter.period_seconds
     horizon = max(horizon, meter.charged_until) if meter.charged_until is not None else horizon
+    if not meter.pending and meter.charged_until is not None:
+        fast = _steady(meter, stored, horizon, period)
+        if fast is not None:
+            return fast
     targets: dict[date, list[int]] = defaultdict(lambda: [0, 0])
     if meter.pending or meter.charged_until is None:
         known = [e for e in edges if e.at <= horizon]
@@ -391,6 +395,33 @@ def charge_meter(meter: Any, edges: Sequence[Edge], stored: dict[date, Day], hor
     )
 
 
+def _steady(meter: Any, stored: dict[date, Day], horizon: datetime, period: int) -> MeterCharge | None:
+    """The common case in O(1): nothing new happened to the meter and no midnight passed
+    since it was last charged (None otherwise: the general computation handles it)."""
+    day = meter.charged_until.date()
+    if horizon.date() != day or (meter.running and day not in stored):
+        return None
+    seconds = int((horizon - meter.charged_until).total_seconds()) if meter.running else 0
+    units = meter.charged_units + seconds * meter.rate
+    delta = units // period - meter.charged_units // period
+    changed = {}
+    if seconds:
+        old = stored[day]
+        changed[day] = Day(old.seconds + seconds, old.units + seconds * meter.rate, old.amount + delta)
+    return MeterCharge(
+        resource_id=meter.resource_id,
+        delta=delta,
+        days=changed,
+        charged_until=horizon,
+        charged_units=units,
+        charged_amount=meter.charged_amount + delta,
+        running=meter.running,
+        rate=meter.rate,
+        pending=False,
+        dirty_from=None,
+    )
+
+
 # --- charging one organization ----------------------------------------------------------------
 
 
@@ -410,6 +441,14 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def _platform(session: Session, name: str, currency: str, now: datetime) -> uuid.UUID:
+    """published.platform_account, asked once per transaction."""
+    cache: dict[tuple[str, str], uuid.UUID] = session.info.setdefault("billing.platform_accounts", {})
+    if (name, currency) not in cache:
+        cache[(name, currency)] = published.platform_account(session, name, currency=currency, now=now)
+    return cache[(name, currency)]
+
+
 def _ids(organization_id: uuid.UUID, seq: int, currency: str, kind: str) -> uuid.UUID:
     return uuid.uuid5(_NS, f"charge:{organization_id}:{seq}:{currency}:{kind}")
 
@@ -427,14 +466,22 @@ def charge_organization(
     (see the module doc). None when another worker holds the organization. `fault(point)`
     is a test hook called at named points (the chaos test raises from it)."""
     horizon = whole_second(now)
+    session.info.pop("billing.platform_accounts", None)  # a cache of this batch only
     state = lock_org(session, organization_id, now=now, skip_locked=skip_locked)
     if state is None:
         return None
     hit = fault or (lambda point: None)
+    # The common case first, in SQL: meters running steadily since the last tick, on the
+    # same UTC day (see _charge_steady); whatever else is active goes through charge_meter.
+    steady_net, steady_count = _charge_steady(session, organization_id, horizon, now)
     meters = session.execute(
-        select(METERS).where(METERS.c.organization_id == organization_id, METERS.c.active.is_(True))
+        select(METERS).where(
+            METERS.c.organization_id == organization_id,
+            METERS.c.active.is_(True),
+            or_(METERS.c.pending.is_(True), METERS.c.charged_until.is_(None), METERS.c.charged_until < horizon),
+        )
     ).all()
-    report = OrgCharge(organization_id, meters=len(meters))
+    report = OrgCharge(organization_id, meters=len(meters) + steady_count)
     seq = state.seq + 1
     charges: list[tuple[Any, MeterCharge]] = []
     if meters:
@@ -457,12 +504,12 @@ def charge_organization(
                 first_days.append(m.charged_until.date())
         since = min(first_days)
         stored: dict[uuid.UUID, dict[date, Day]] = defaultdict(dict)
-        for row in session.execute(
+        for usage_row in session.execute(
             select(USAGE.c.resource_id, USAGE.c.day, USAGE.c.seconds, USAGE.c.units, USAGE.c.amount).where(
                 USAGE.c.organization_id == organization_id, USAGE.c.day >= since
             )
         ):
-            stored[row.resource_id][row.day] = Day(row.seconds, row.units, row.amount)
+            stored[usage_row.resource_id][usage_row.day] = Day(usage_row.seconds, usage_row.units, usage_row.amount)
         for m in meters:
             charges.append((m, charge_meter(m, edges.get(m.resource_id, []), stored.get(m.resource_id, {}), horizon)))
         hit("computed")
@@ -501,14 +548,18 @@ def charge_organization(
         )
         hit("meters_written")
     # Money, per currency.
-    net: dict[str, int] = defaultdict(int)
+    net: dict[str, int] = defaultdict(int, steady_net)
     running_rate: dict[str, list[tuple[int, int]]] = defaultdict(list)  # currency → [(rate, period)]
-    metered = {m.resource_id for m, _ in charges}
     for m, c in charges:
         net[m.currency] += c.delta
-        if c.running:
-            running_rate[m.currency].append((c.rate, m.period_seconds))
+    for row in session.execute(
+        select(METERS.c.currency, METERS.c.rate, METERS.c.period_seconds, func.count())
+        .where(METERS.c.organization_id == organization_id, METERS.c.running.is_(True))
+        .group_by(METERS.c.currency, METERS.c.rate, METERS.c.period_seconds)
+    ):
+        running_rate[row[0]].extend([(row[1], row[2])] * row[3])
     currencies = set(net) | set(running_rate) or {published.CURRENCY}
+    metered_any = bool(charges) or steady_count > 0
     uncollected = state.uncollected
     low, depleted = state.low, state.depleted
     for currency in sorted(currencies):
@@ -516,9 +567,9 @@ def charge_organization(
             session, organization_id, now=now, currency=currency, signup_credit=config.billing_signup_credit
         )
         shortfall = 0
-        if meters:
+        if metered_any:
             shortfall, uncollected = _fund(
-                session, organization_id, seq, currency, wallet_id, net[currency], metered, uncollected, report, now
+                session, organization_id, seq, currency, wallet_id, net[currency], uncollected, report, now
             )
             hit("funded")
             _place_rolling_hold(session, organization_id, seq, currency, wallet_id, running_rate[currency], config, now)
@@ -540,6 +591,83 @@ def charge_organization(
     )
     hit("done")
     return report
+
+
+def _charge_steady(
+    session: Session, organization_id: uuid.UUID, horizon: datetime, now: datetime
+) -> tuple[dict[str, int], int]:
+    """Charge, in three set-based statements per previous horizon, every meter of the
+    organization that ran steadily since it was last charged: not pending, running, charged
+    up to an earlier second of the horizon's UTC day, its usage record for that day present.
+    The same arithmetic as charge_meter's steady case (cumulative floor per meter), done by
+    the database: integer division truncates, every operand is ≥ 0. Returns (net charge per
+    currency, meters charged)."""
+    steady = and_(
+        METERS.c.organization_id == organization_id,
+        METERS.c.active.is_(True),
+        METERS.c.running.is_(True),
+        METERS.c.pending.is_(False),
+    )
+    day_start = _day_start(horizon.date())
+    previous = (
+        session.execute(
+            select(METERS.c.charged_until)
+            .where(steady, METERS.c.charged_until >= day_start, METERS.c.charged_until < horizon)
+            .distinct()
+        )
+        .scalars()
+        .all()
+    )
+    net: dict[str, int] = defaultdict(int)
+    count = 0
+    for since in previous:
+        seconds = int((horizon - since).total_seconds())
+        has_day = (
+            select(USAGE.c.resource_id)
+            .where(USAGE.c.resource_id == METERS.c.resource_id, USAGE.c.day == horizon.date())
+            .exists()
+        )
+        which = and_(steady, METERS.c.charged_until == since, has_day)
+        new_units = METERS.c.charged_units + METERS.c.rate * seconds
+        delta = new_units // METERS.c.period_seconds - METERS.c.charged_units // METERS.c.period_seconds
+        for currency, total, n in session.execute(
+            select(METERS.c.currency, func.sum(delta), func.count()).where(which).group_by(METERS.c.currency)
+        ):
+            net[currency] += int(total or 0)
+            count += int(n)
+        meter = METERS.alias("m")
+        of_usage = meter.c.resource_id == USAGE.c.resource_id
+        m_units = meter.c.charged_units + meter.c.rate * seconds
+        session.execute(
+            update(USAGE)
+            .where(
+                USAGE.c.organization_id == organization_id,
+                USAGE.c.day == horizon.date(),
+                USAGE.c.resource_id.in_(select(METERS.c.resource_id).where(which)),
+            )
+            .values(
+                seconds=USAGE.c.seconds + seconds,
+                units=USAGE.c.units + select(meter.c.rate * seconds).where(of_usage).scalar_subquery(),
+                amount=USAGE.c.amount
+                + select(m_units // meter.c.period_seconds - meter.c.charged_units // meter.c.period_seconds)
+                .where(of_usage)
+                .scalar_subquery(),
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        session.execute(
+            update(METERS)
+            .where(which)
+            .values(
+                charged_units=new_units,
+                charged_amount=new_units // METERS.c.period_seconds,
+                charged_until=horizon,
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+    return dict(net), count
 
 
 def _chunks(items: Sequence[uuid.UUID], size: int) -> Iterator[Sequence[uuid.UUID]]:
@@ -610,21 +738,25 @@ def _fund(
     currency: str,
     wallet_id: uuid.UUID,
     amount: int,
-    metered: set[uuid.UUID],
     uncollected: int,
     report: OrgCharge,
     now: datetime,
 ) -> tuple[int, int]:
     """Move `amount` (> 0: charge, < 0: give back) and settle the holds backing the metered
     resources; (shortfall charged to platform:uncollected, uncollected outstanding after)."""
-    revenue = published.platform_account(session, "revenue", currency=currency, now=now)
+    revenue = _platform(session, "revenue", currency, now)
     # Every hold backing what was metered resolves now (a pending transfer resolves once):
     # posted for what it covers, the rest released; the rolling hold is re-placed after.
-    consumable = [
-        h
-        for h in holds.open_holds(session, organization_id, now=now)
-        if h.currency == currency and (h.reference == holds.ROLLING or holds.instance_of(h.reference) in metered)
-    ]
+    # Every hold backing a metered resource (an instance billing has seen run) resolves now;
+    # a launch hold of an instance still being built stays.
+    open_ = [h for h in holds.open_holds(session, organization_id, now=now) if h.currency == currency]
+    backed = {i for h in open_ if (i := holds.instance_of(h.reference)) is not None}
+    metered = (
+        set(session.execute(select(METERS.c.resource_id).where(METERS.c.resource_id.in_(backed))).scalars())
+        if backed
+        else set()
+    )
+    consumable = [h for h in open_ if h.reference == holds.ROLLING or holds.instance_of(h.reference) in metered]
     remaining = max(amount, 0)
     from_holds = 0
     for hold in consumable:
@@ -636,7 +768,7 @@ def _fund(
         published.transfer(
             session,
             id=_ids(organization_id, seq, currency, "usage_held"),
-            debit=published.platform_account(session, "holds", currency=currency, now=now),
+            debit=_platform(session, "holds", currency, now),
             credit=revenue,
             amount=from_holds,
             code="usage",
@@ -665,7 +797,7 @@ def _fund(
             published.transfer(
                 session,
                 id=_ids(organization_id, seq, currency, "uncollected"),
-                debit=published.platform_account(session, "uncollected", currency=currency, now=now),
+                debit=_platform(session, "uncollected", currency, now),
                 credit=revenue,
                 amount=shortfall,
                 code="usage_uncollected",
@@ -686,7 +818,7 @@ def _fund(
                 session,
                 id=_ids(organization_id, seq, currency, "uncollected_back"),
                 debit=revenue,
-                credit=published.platform_account(session, "uncollected", currency=currency, now=now),
+                credit=_platform(session, "uncollected", currency, now),
                 amount=to_uncollected,
                 code="usage_uncollected",
                 reference="metered usage corrected (never ran)",
@@ -731,7 +863,7 @@ def _place_rolling_hold(
         session,
         id=holds.rolling_hold_id(organization_id, seq, currency),
         debit=wallet_id,
-        credit=published.platform_account(session, "holds", currency=currency, now=now),
+        credit=_platform(session, "holds", currency, now),
         amount=amount,
         code=holds.HOLD_CODE,
         reference=holds.ROLLING,
@@ -810,6 +942,10 @@ def due_organizations(session: Session) -> list[uuid.UUID]:
     return sorted(set(active) | set(flagged))
 
 
+GROUP_METERS = 2000  # meters charged per transaction (several organizations share one commit)
+GROUP_ORGANIZATIONS = 100
+
+
 def tick(
     sessions: sessionmaker[Session],
     config: Settings,
@@ -818,34 +954,72 @@ def tick(
     stop: threading.Event | None = None,
     fault: Callable[[str], None] | None = None,
 ) -> TickReport:
-    """One metering tick: every due organization in a transaction of its own. A failing
-    organization is logged and rolled back (charged by the next tick); the others go on."""
+    """One metering tick: every due organization charged under its own lock and savepoint;
+    organizations are committed in groups (≈ GROUP_METERS meters a transaction) so a large
+    tick is not one commit per organization. An organization that fails is rolled back to
+    its savepoint and logged (the next tick charges it); the others go on. A worker that
+    dies mid-group loses the group's uncommitted work only — nothing is half-charged."""
     started = time.perf_counter()
     horizon = whole_second(now or utcnow())
     report = TickReport()
     with sessions() as session:
         organizations = due_organizations(session)
+        sizes: dict[uuid.UUID, int] = dict(
+            session.execute(
+                select(METERS.c.organization_id, func.count())
+                .where(METERS.c.active.is_(True))
+                .group_by(METERS.c.organization_id)
+            ).all()
+        )
     report.organizations = len(organizations)
-    for organization_id in organizations:
+    group: list[uuid.UUID] = []
+    weight = 0
+    for index, organization_id in enumerate(organizations):
+        group.append(organization_id)
+        weight += sizes.get(organization_id, 0) + 20
+        if weight < GROUP_METERS and len(group) < GROUP_ORGANIZATIONS and index + 1 < len(organizations):
+            continue
         if stop is not None and stop.is_set():
             break
-        try:
-            with sessions() as session, session.begin():
-                done = charge_organization(session, organization_id, now=horizon, config=config, fault=fault)
-        except Exception:
-            log.exception("metering: charging organization %s failed; the next tick retries", organization_id)
-            report.failed += 1
-            continue
-        if done is None:
-            report.skipped += 1
-            continue
-        report.charged_organizations += 1
-        report.meters += done.meters
-        report.charged += done.charged
-        report.uncollected += done.uncollected
-        report.events += len(done.events)
+        _tick_group(sessions, config, group, horizon, fault, report)
+        group, weight = [], 0
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _tick_group(
+    sessions: sessionmaker[Session],
+    config: Settings,
+    group: list[uuid.UUID],
+    horizon: datetime,
+    fault: Callable[[str], None] | None,
+    report: TickReport,
+) -> None:
+    done: list[OrgCharge] = []
+    try:
+        with sessions() as session, session.begin():
+            for organization_id in group:
+                try:
+                    with session.begin_nested():
+                        charge = charge_organization(session, organization_id, now=horizon, config=config, fault=fault)
+                except Exception:
+                    log.exception("metering: charging organization %s failed; the next tick retries", organization_id)
+                    report.failed += 1
+                    continue
+                if charge is None:
+                    report.skipped += 1
+                else:
+                    done.append(charge)
+    except Exception:
+        log.exception("metering: a group of %d organizations failed to commit; the next tick retries", len(group))
+        report.failed += len(group)
+        return
+    for charge in done:
+        report.charged_organizations += 1
+        report.meters += charge.meters
+        report.charged += charge.charged
+        report.uncollected += charge.uncollected
+        report.events += len(charge.events)
 
 
 # --- what the ledger's endpoints and statements read -------------------------------------------

@@ -61,7 +61,10 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0) -> Any:
 def test_credit_runs_out_and_the_instance_is_stopped_with_a_reason(
     client: Any, engine: Engine, make_settings: Callable[..., Any]
 ) -> None:
-    body = client.post("/v1/signup", json={"email": f"o-{uuid.uuid4().hex[:8]}@example.com", "password": PASSWORD, "organization": "Acme"}).json()
+    body = client.post(
+        "/v1/signup",
+        json={"email": f"o-{uuid.uuid4().hex[:8]}@example.com", "password": PASSWORD, "organization": "Acme"},
+    ).json()
     headers = {"Authorization": f"Bearer {body['secret']}"}
     org = uuid.UUID(body["organization"]["id"])
     launch = {"name": "web-1", "region": "fra1", "instance_type": "cpu-2", "image": "ubuntu-24.04"}
