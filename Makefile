@@ -20,8 +20,8 @@ $(STAMP): pyproject.toml requirements.lock generated/sdk/pyproject.toml generate
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . -e generated/sdk -e generated/cli
 	@touch $@
 
-$(CONSOLE_STAMP): $(CONSOLE)/package.json $(CONSOLE)/package-lock.json
-	cd $(CONSOLE) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+$(CONSOLE_STAMP): $(STAMP) $(CONSOLE)/package.json $(CONSOLE)/package-lock.json
+	$(BIN)/npm ci --prefix $(CONSOLE) --ignore-scripts --no-audit --no-fund --loglevel=error
 	@touch $@
 
 install: $(STAMP) $(CONSOLE_STAMP) ## create .venv, install Python packages and the console's npm assets from the project's own files
@@ -41,8 +41,9 @@ lint: $(STAMP) lint-specs ## specs, ruff, import-linter, mypy
 	$(BIN)/lint-imports
 	$(BIN)/mypy hangar handlers pipeline codegen.py
 
-diagram: $(STAMP) ## docs/instance-states.md from the instance state machine (handlers/provisioning/states.py)
+diagram: $(STAMP) ## state diagrams in docs/ from the state machines (instances, volumes, snapshots)
 	$(BIN)/python -m handlers.provisioning.diagram
+	$(BIN)/python -m handlers.storage.diagram
 
 migrate: $(STAMP) ## apply alembic migrations to HANGAR_DATABASE_URL (default .hangar/hangar.db)
 	$(BIN)/alembic upgrade head
@@ -74,7 +75,18 @@ bench-e2e: $(STAMP) ## create → running throughput, 2 APIs + 2 workers vs 1 + 
 	bash scripts/services.sh
 	$(BIN)/python -m bench.provision_e2e $(ARGS)
 
+bench-ledger: $(STAMP) ## ledger transfers/s on SQLite and PostgreSQL vs plain inserts (ARGS=…)
+	bash scripts/services.sh
+	$(BIN)/python -m bench.ledger $(ARGS)
+
+bench-metering: $(STAMP) ## one metering tick over 100,000 running instances, SQLite and PostgreSQL (ARGS=…)
+	bash scripts/services.sh
+	$(BIN)/python -m bench.metering_tick --db both $(ARGS)
+
+bench-terminal: $(STAMP) $(CONSOLE_STAMP) ## keystroke latency, throughput and concurrent sessions through the gateway vs a bare PTY (ARGS=…)
+	$(BIN)/python -m bench.terminal $(ARGS)
+
 clean: ## remove .hangar/ state and caches (keeps .venv)
 	rm -rf .hangar .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help install generate lint-specs check lint diagram migrate run worker test contract test-postgres format bench bench-e2e clean
+.PHONY: help install generate lint-specs check lint diagram migrate run worker test contract test-postgres format bench bench-e2e bench-ledger bench-metering bench-terminal clean

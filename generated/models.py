@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from enum import StrEnum
 from typing import Annotated
 from uuid import UUID
@@ -60,6 +61,46 @@ class ApiKeyStatus(StrEnum):
     active = "active"
     revoked = "revoked"
     expired = "expired"
+
+
+class CardBrand(StrEnum):
+    """
+    The card network.
+    """
+
+    visa = "visa"
+    mastercard = "mastercard"
+    amex = "amex"
+    discover = "discover"
+    unknown = "unknown"
+
+
+class CreditAdjustmentDirection(StrEnum):
+    """
+    `credit`: promotions → wallet; `debit`: wallet → promotions.
+    """
+
+    credit = "credit"
+    debit = "debit"
+
+
+class CreditLimitUpdate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    credit_limit: Annotated[int, Field(examples=[10000], ge=0, le=100000000000)]
+    """
+    Minor units the wallet may go below zero.
+    """
+
+
+class Currency(StrEnum):
+    """
+    ISO 4217 currency (USD for now).
+    """
+
+    usd = "USD"
 
 
 class FieldError(BaseModel):
@@ -269,6 +310,37 @@ class OrganizationUpdate(BaseModel):
     """
 
 
+class PaymentMethodCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    cvc: Annotated[str, Field(examples=["123"], max_length=4, min_length=3, pattern="^[0-9]+$")]
+    """
+    The card's security code. Write-only; never stored.
+    """
+    exp_month: Annotated[int, Field(examples=[12], ge=1, le=12)]
+    """
+    Expiry month.
+    """
+    exp_year: Annotated[int, Field(examples=[2030], ge=2000, le=2100)]
+    """
+    Expiry year (four digits).
+    """
+    number: Annotated[str, Field(examples=["4242424242424242"], max_length=19, min_length=12, pattern="^[0-9]+$")]
+    """
+    A test card number (digits only). Write-only; never stored, logged or repeated.
+    """
+
+
+class PaymentProvider(StrEnum):
+    """
+    The payment provider holding the card.
+    """
+
+    sandbox = "sandbox"
+
+
 class Problem(BaseModel):
     """
     An RFC 9457 problem document.
@@ -317,6 +389,32 @@ class Problem(BaseModel):
     """
     Stable identifier of the problem kind.
     """
+
+
+class RefundCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    amount: Annotated[int | None, Field(examples=[1000], ge=1, le=1000000)] = None
+    """
+    Cents to refund; omitted: everything not refunded yet. The CLI takes a decimal (`--amount 10.00`).
+    """
+    reason: Annotated[
+        str | None,
+        Field(examples=["requested by customer"], max_length=200, min_length=1, pattern="^[^\\x00-\\x1F\\x7F]+$"),
+    ] = None
+    """
+    Why (kept with the refund).
+    """
+
+
+class RefundStatus(StrEnum):
+    """
+    Refunds by the sandbox provider succeed at once.
+    """
+
+    succeeded = "succeeded"
 
 
 Zone = TypeAliasType("Zone", Annotated[str, Field(examples=["fra1-a"], max_length=40, pattern="^[a-z0-9][a-z0-9.-]*$")])
@@ -386,6 +484,15 @@ class ResourceClass(StrEnum):
     gpu = "GPU"
 
 
+class ResourceType(StrEnum):
+    """
+    A metered kind of resource.
+    """
+
+    instance = "instance"
+    volume = "volume"
+
+
 class Role(StrEnum):
     """
     A member's role. It caps the scopes their API keys can hold: `owner` and `admin` hold
@@ -399,6 +506,51 @@ class Role(StrEnum):
     member = "member"
     billing = "billing"
     viewer = "viewer"
+
+
+class Data(BaseModel):
+    """
+    The top-up it is about.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    amount: Annotated[int, Field(examples=[5000], ge=0, le=1000000)]
+    """
+    Cents charged.
+    """
+    currency: Annotated[str, Field(examples=["USD"], max_length=3, min_length=3, pattern="^[A-Z]{3}$")]
+    """
+    ISO 4217 currency.
+    """
+    failure_code: Annotated[str | None, Field(examples=["processing_error"], max_length=64, pattern="^[a-z_]+$")] = None
+    """
+    Why it failed (top_up.failed only).
+    """
+    failure_message: Annotated[
+        str | None,
+        Field(
+            examples=["The card issuer reported a processing error."], max_length=500, pattern="^[^\\x00-\\x1F\\x7F]+$"
+        ),
+    ] = None
+    """
+    For people (top_up.failed only).
+    """
+    top_up_id: Annotated[UUID, Field(examples=["9e2b7c41-0d3a-4f5e-8b6c-1a2d3e4f5a6b"])]
+    """
+    The top-up.
+    """
+
+
+class SandboxEventType(StrEnum):
+    """
+    What happened to the top-up.
+    """
+
+    top_up_succeeded = "top_up.succeeded"
+    top_up_failed = "top_up.failed"
 
 
 class Scope(StrEnum):
@@ -448,6 +600,248 @@ class SignupRequest(BaseModel):
     """
 
 
+class SnapshotState(StrEnum):
+    """
+    `pending` (being taken) → `available` or `error`; `deleting` → `deleted`.
+    """
+
+    pending = "pending"
+    available = "available"
+    error = "error"
+    deleting = "deleting"
+    deleted = "deleted"
+
+
+class Kind(StrEnum):
+    """
+    What the line is.
+    """
+
+    usage = "usage"
+    top_up = "top_up"
+    refund = "refund"
+    credit = "credit"
+    adjustment = "adjustment"
+    other = "other"
+
+
+class StatementLine(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    amount: Annotated[int, Field(examples=[-72], ge=-9223372036854775807, le=9223372036854775807)]
+    """
+    Signed, from the wallet's side (charges negative).
+    """
+    description: Annotated[str, Field(examples=["instance web-1 (cpu-2)"], max_length=255, pattern="\\S")]
+    """
+    The resource (usage) or the transfer's reference.
+    """
+    kind: Annotated[Kind, Field(examples=["usage"])]
+    """
+    What the line is.
+    """
+    occurred_at: Annotated[AwareDatetime | None, Field(examples=["2026-11-28T10:00:00Z"])]
+    """
+    For other lines, when the transfer was written; null for usage.
+    """
+    resource_id: Annotated[UUID | None, Field(examples=["7d1f0e2a-3b4c-4d5e-8f60-718293a4b5c6"])]
+    """
+    For usage lines, the resource; null otherwise.
+    """
+    resource_type: Annotated[ResourceType | None, Field(examples=["instance"])]
+    """
+    For usage lines, the kind of resource; null otherwise.
+    """
+    seconds: Annotated[int | None, Field(examples=[86400], ge=0, le=9223372036854775807)]
+    """
+    For usage lines, the seconds metered in the month; null otherwise.
+    """
+    transaction_id: Annotated[UUID | None, Field(examples=["9b2e4c6d-8f0a-4b1c-9d2e-3f4a5b6c7d8e"])]
+    """
+    For other lines, the ledger transfer; null for usage.
+    """
+
+
+class StatementLineList(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: Annotated[list[StatementLine], Field(max_length=200)]
+    next_cursor: Annotated[str | None, Field(examples=["eyJrIjoiMjAyNiJ9"], max_length=512, pattern="^[A-Za-z0-9_-]+$")]
+    """
+    The next page's cursor; null on the last page.
+    """
+
+
+class StatementStatus(StrEnum):
+    """
+    `open`: the current month, computed live. `finalized`: a past month, fixed for good.
+    """
+
+    open = "open"
+    finalized = "finalized"
+
+
+class StatementSummary(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    adjustments: Annotated[int, Field(examples=[0], ge=-9223372036854775807, le=9223372036854775807)]
+    """
+    Operator adjustments (either sign).
+    """
+    closing_balance: Annotated[int, Field(examples=[4250], ge=-9223372036854775807, le=9223372036854775807)]
+    """
+    The posted balance at the end of the month (now, while open).
+    """
+    credits: Annotated[int, Field(examples=[0], ge=-9223372036854775807, le=9223372036854775807)]
+    """
+    Signup credits and promotions.
+    """
+    currency: Annotated[str, Field(examples=["USD"], max_length=3, min_length=3, pattern="^[A-Z]{3}$")]
+    """
+    ISO 4217 currency of every amount here (USD for now).
+    """
+    finalized_at: Annotated[AwareDatetime | None, Field(examples=["2026-12-01T00:05:00Z"])]
+    """
+    When it was fixed; null while open.
+    """
+    id: Annotated[UUID, Field(examples=["5e0c9a41-2f3b-5c6d-8e7f-9a0b1c2d3e4f"])]
+    """
+    The statement's id (stable for the organization and month).
+    """
+    opening_balance: Annotated[int, Field(examples=[0], ge=-9223372036854775807, le=9223372036854775807)]
+    """
+    The posted balance at the start of the month.
+    """
+    other: Annotated[int, Field(examples=[0], ge=-9223372036854775807, le=9223372036854775807)]
+    """
+    Anything else that moved the balance (normally 0).
+    """
+    period: Annotated[
+        str, Field(examples=["2026-11"], max_length=7, min_length=7, pattern="^[0-9]{4}-(0[1-9]|1[0-2])$")
+    ]
+    """
+    The calendar month (UTC).
+    """
+    refunds: Annotated[int, Field(examples=[-500], ge=-9223372036854775807, le=9223372036854775807)]
+    """
+    Refunds paid out (negative).
+    """
+    status: StatementStatus
+    top_ups: Annotated[int, Field(examples=[5000], ge=-9223372036854775807, le=9223372036854775807)]
+    """
+    Top-ups in the month (net of anything reversed), minor units.
+    """
+    usage: Annotated[int, Field(examples=[-250], ge=-9223372036854775807, le=9223372036854775807)]
+    """
+    Usage charged to the wallet (negative).
+    """
+
+
+CommandItem = TypeAliasType(
+    "CommandItem", Annotated[str, Field(examples=["uname"], max_length=4096, min_length=1, pattern="^[^\\x00]+$")]
+)
+"""
+One argument.
+"""
+
+
+class TerminalSessionCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    cols: Annotated[int, Field(examples=[120], ge=1, le=1000)] = 80
+    """
+    The terminal's width in columns (the auth frame may change it).
+    """
+    command: Annotated[list[CommandItem] | None, Field(examples=[["uname", "-a"]], max_length=64, min_length=1)] = None
+    """
+    Run this program (argv, no shell) instead of an interactive login shell; the session ends with its exit code.
+    """
+    rows: Annotated[int, Field(examples=[40], ge=1, le=1000)] = 24
+    """
+    The terminal's height in rows.
+    """
+
+
+class TerminalSessionStatus(StrEnum):
+    """
+    `pending` (created; its ticket not presented yet), `active` (a client is attached and
+    the shell runs), `ended` (see `end_reason`).
+
+    """
+
+    pending = "pending"
+    active = "active"
+    ended = "ended"
+
+
+class TopUpCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    amount: Annotated[int, Field(examples=[5000], ge=100, le=1000000)]
+    """
+    Cents to add: 100 ($1.00) to 1000000 ($10,000.00). The CLI takes a decimal (`--amount 50.00`).
+    """
+    card: Annotated[
+        str | None, Field(examples=["4242424242424242"], max_length=19, min_length=12, pattern="^[0-9]+$")
+    ] = None
+    """
+    A test card number (digits only). Write-only; never stored, logged or repeated.
+    """
+    confirm: Annotated[bool, Field(examples=[True])] = True
+    """
+    Confirm (charge) at once; false leaves it `requires_confirmation`.
+    """
+    currency: Currency | None = None
+    payment_method: Annotated[UUID | None, Field(examples=["3c9a1f0e-5b2d-4e7a-9c81-2f4d6e8a0b13"])] = None
+    """
+    A saved payment method's id (or give `card`).
+    """
+
+
+class TopUpError(BaseModel):
+    """
+    Why a failed top-up failed; null otherwise.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    code: Annotated[str, Field(examples=["card_declined"], max_length=64, pattern="^[a-z_]+$")]
+    """
+    card_declined, processing_error, …
+    """
+    message: Annotated[str, Field(examples=["The card was declined."], max_length=500, pattern="\\S")]
+    """
+    For people.
+    """
+
+
+class TopUpStatus(StrEnum):
+    """
+    `requires_confirmation` (created with `confirm` false) → `processing` (charged; the
+    provider's outcome is on its way) → `succeeded` (the wallet is credited) or `failed`;
+    `canceled` (only before processing).
+
+    """
+
+    requires_confirmation = "requires_confirmation"
+    processing = "processing"
+    succeeded = "succeeded"
+    failed = "failed"
+    canceled = "canceled"
+
+
 Trait = TypeAliasType(
     "Trait",
     Annotated[str, Field(examples=["gpu:h100"], max_length=64, min_length=1, pattern="^[a-z0-9][a-z0-9_.:-]*$")],
@@ -455,6 +849,90 @@ Trait = TypeAliasType(
 """
 A qualitative property of a host.
 """
+
+
+class Direction(StrEnum):
+    """
+    `credit`: into the wallet; `debit`: out of it.
+    """
+
+    credit = "credit"
+    debit = "debit"
+
+
+class TransactionStatus(StrEnum):
+    """
+    `posted`: money moved. `pending`: a hold reserving funds. `posted_pending`: a hold that
+    was settled (its charge is the `posted` row naming it in `pending_id`). `voided`,
+    `expired`: a hold released without a charge.
+
+    """
+
+    posted = "posted"
+    pending = "pending"
+    posted_pending = "posted_pending"
+    voided = "voided"
+    expired = "expired"
+
+
+class UsageLine(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    amount: Annotated[int, Field(examples=[3], ge=-9223372036854775807, le=9223372036854775807)]
+    """
+    What they cost, minor units.
+    """
+    currency: Annotated[str, Field(examples=["USD"], max_length=3, min_length=3, pattern="^[A-Z]{3}$")]
+    """
+    ISO 4217 currency of every amount here (USD for now).
+    """
+    day: Annotated[date, Field(examples=["2026-11-28"])]
+    """
+    The UTC day.
+    """
+    description: Annotated[str, Field(examples=["cpu-2"], max_length=255, pattern="\\S")]
+    """
+    What ran (instance type, volume name and size).
+    """
+    resource_id: Annotated[UUID, Field(examples=["7d1f0e2a-3b4c-4d5e-8f60-718293a4b5c6"])]
+    """
+    The instance's or volume's id.
+    """
+    resource_type: ResourceType
+    seconds: Annotated[int, Field(examples=[3600], ge=0, le=9223372036854775807)]
+    """
+    Seconds metered that day.
+    """
+
+
+class UsageList(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    currency: Annotated[str, Field(examples=["USD"], max_length=3, min_length=3, pattern="^[A-Z]{3}$")]
+    """
+    ISO 4217 currency of every amount here (USD for now).
+    """
+    data: Annotated[list[UsageLine], Field(max_length=200)]
+    from_: Annotated[date, Field(alias="from", examples=["2026-11-01"])]
+    """
+    First day of the range (inclusive).
+    """
+    next_cursor: Annotated[str | None, Field(examples=["eyJrIjoiMjAyNiJ9"], max_length=512, pattern="^[A-Za-z0-9_-]+$")]
+    """
+    The next page's cursor; null on the last page.
+    """
+    to: Annotated[date, Field(examples=["2026-12-01"])]
+    """
+    End of the range (exclusive).
+    """
+    total: Annotated[int, Field(examples=[72], ge=-9223372036854775807, le=9223372036854775807)]
+    """
+    The amount over the whole range and filter (all pages).
+    """
 
 
 class User(BaseModel):
@@ -480,6 +958,118 @@ class User(BaseModel):
     """
     Display name.
     """
+
+
+class VolumeActionError(BaseModel):
+    """
+    Why a failed action failed; null otherwise.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    code: Annotated[str, Field(examples=["host_error"], max_length=64, pattern="^[a-z_]+$")]
+    """
+    A stable code: host_error, mount_point_busy, instance_gone, …
+    """
+    message: Annotated[str, Field(examples=["the host could not attach the volume"], max_length=500, pattern="\\S")]
+    """
+    For people.
+    """
+
+
+class Type1(StrEnum):
+    """
+    The action to run.
+    """
+
+    attach = "attach"
+    detach = "detach"
+    resize = "resize"
+
+
+class VolumeActionRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    instance_id: Annotated[UUID | None, Field(examples=["7d1f0e2a-3b4c-4d5e-8f60-718293a4b5c6"])] = None
+    """
+    attach: the instance to attach to (required); detach: the instance it must be attached to (optional).
+    """
+    size_gib: Annotated[int | None, Field(examples=[200], ge=1, le=16384)] = None
+    """
+    resize: the new size in GiB (required, larger than the current size).
+    """
+    type: Annotated[Type1, Field(examples=["attach"])]
+    """
+    The action to run.
+    """
+
+
+class VolumeActionStatus(StrEnum):
+    """
+    `queued` → `running` → `succeeded` or `failed`.
+    """
+
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+
+
+class VolumeActionType(StrEnum):
+    """
+    What the action does.
+    """
+
+    create = "create"
+    attach = "attach"
+    detach = "detach"
+    resize = "resize"
+    delete = "delete"
+
+
+class VolumeState(StrEnum):
+    """
+    Where the volume is in its life: `creating`, `available` (not attached), `attaching`,
+    `in_use` (attached to `instance_id`), `detaching`, `deleting`, `deleted`, `error`
+    (could not be created; see `state_reason`).
+
+    """
+
+    creating = "creating"
+    available = "available"
+    attaching = "attaching"
+    in_use = "in_use"
+    detaching = "detaching"
+    deleting = "deleting"
+    deleted = "deleted"
+    error = "error"
+
+
+class WebhookReceipt(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    applied: Annotated[bool, Field(examples=[True])]
+    """
+    True when it changed the top-up; false when the top-up had already ended (recorded, ignored).
+    """
+    event_id: Annotated[
+        str, Field(examples=["evt_3f2a9c0b7d1e4a5b8c6d0e1f2a3b4c5d"], max_length=64, pattern="^evt_[A-Za-z0-9]+$")
+    ]
+    """
+    The event received.
+    """
+    status: TopUpStatus
+    top_up_id: Annotated[UUID, Field(examples=["9e2b7c41-0d3a-4f5e-8b6c-1a2d3e4f5a6b"])]
+    """
+    The top-up it is about.
+    """
+    type: SandboxEventType
 
 
 class Action(BaseModel):
@@ -632,6 +1222,84 @@ class ApiKeyList(BaseModel):
     next_cursor: Annotated[str | None, Field(examples=["eyJrIjoiMjAyNiJ9"], max_length=512, pattern="^[A-Za-z0-9_-]+$")]
     """
     Pass as `cursor` for the next page; null on the last page.
+    """
+
+
+class BillingBalance(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    available: Annotated[int, Field(examples=[3850], ge=-9223372036854775807, le=9223372036854775807)]
+    """
+    What can still be spent = balance − held + credit_limit.
+    """
+    balance: Annotated[int, Field(examples=[4250], ge=-9223372036854775807, le=9223372036854775807)]
+    """
+    Posted credits minus posted debits, minor units (below zero only within credit_limit).
+    """
+    credit_limit: Annotated[int, Field(examples=[0], ge=0, le=9223372036854775807)]
+    """
+    How far below zero the operator lets the wallet go.
+    """
+    currency: Annotated[str, Field(examples=["USD"], max_length=3, min_length=3, pattern="^[A-Z]{3}$")]
+    """
+    ISO 4217 currency of every amount here (USD for now).
+    """
+    held: Annotated[int, Field(examples=[400], ge=0, le=9223372036854775807)]
+    """
+    Reserved by holds (pending debits) and not yet charged.
+    """
+
+
+class CreditAdjustment(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    amount: Annotated[int, Field(examples=[2500], ge=1, le=100000000000)]
+    """
+    Minor units.
+    """
+    balance: BillingBalance
+    created_at: Annotated[AwareDatetime, Field(examples=["2026-11-28T10:00:00Z"])]
+    """
+    When.
+    """
+    currency: Annotated[str, Field(examples=["USD"], max_length=3, min_length=3, pattern="^[A-Z]{3}$")]
+    """
+    ISO 4217 currency of every amount here (USD for now).
+    """
+    direction: CreditAdjustmentDirection
+    id: Annotated[UUID, Field(examples=["9b2e4c6d-8f0a-4b1c-9d2e-3f4a5b6c7d8e"])]
+    """
+    The ledger transfer's id.
+    """
+    organization_id: Annotated[UUID, Field(examples=["0b9f3a52-6c5e-4d8e-9a0e-0d3c8e2f7a11"])]
+    """
+    The organization adjusted.
+    """
+    reason: Annotated[str, Field(examples=["goodwill: outage on 2026-11-20"], max_length=255, pattern="\\S")]
+    """
+    Why.
+    """
+
+
+class CreditAdjustmentCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    amount: Annotated[int, Field(examples=[2500], ge=1, le=100000000000)]
+    """
+    Minor units.
+    """
+    direction: CreditAdjustmentDirection
+    reason: Annotated[
+        str, Field(examples=["goodwill: outage on 2026-11-20"], max_length=255, min_length=1, pattern="\\S")
+    ]
+    """
+    Why (kept on the ledger transfer and in the event).
     """
 
 
@@ -1065,6 +1733,100 @@ class MemberUpdate(BaseModel):
     role: Role
 
 
+class PaymentMethod(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    brand: CardBrand
+    created_at: Annotated[AwareDatetime, Field(examples=["2026-11-28T10:00:00Z"])]
+    """
+    When it was saved.
+    """
+    exp_month: Annotated[int, Field(examples=[12], ge=1, le=12)]
+    """
+    Expiry month.
+    """
+    exp_year: Annotated[int, Field(examples=[2030], ge=2000, le=2100)]
+    """
+    Expiry year.
+    """
+    id: Annotated[UUID, Field(examples=["3c9a1f0e-5b2d-4e7a-9c81-2f4d6e8a0b13"])]
+    """
+    The payment method's id.
+    """
+    last4: Annotated[str, Field(examples=["4242"], max_length=4, min_length=4, pattern="^[0-9]{4}$")]
+    """
+    The card number's last four digits.
+    """
+    provider: PaymentProvider
+
+
+class PaymentMethodList(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: Annotated[list[PaymentMethod], Field(max_length=200)]
+    """
+    This page's payment methods.
+    """
+    next_cursor: Annotated[str | None, Field(examples=["eyJrIjoiMjAyNiJ9"], max_length=512, pattern="^[A-Za-z0-9_-]+$")]
+    """
+    Pass as `cursor` for the next page; null on the last page.
+    """
+
+
+class Refund(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    amount: Annotated[int, Field(examples=[1000], ge=1, le=1000000)]
+    """
+    Cents refunded.
+    """
+    balance_after: Annotated[int, Field(examples=[4000], ge=-1000000000000, le=1000000000000)]
+    """
+    The wallet's posted balance (cents) right after the refund.
+    """
+    created_at: Annotated[AwareDatetime, Field(examples=["2026-11-28T11:00:00Z"])]
+    """
+    When it was made.
+    """
+    currency: Currency
+    id: Annotated[UUID, Field(examples=["6f1e2d3c-4b5a-4968-8776-5a4b3c2d1e0f"])]
+    """
+    The refund's id.
+    """
+    reason: Annotated[
+        str | None, Field(examples=["requested by customer"], max_length=200, pattern="^[^\\x00-\\x1F\\x7F]+$")
+    ]
+    """
+    Why; null when not given.
+    """
+    status: RefundStatus
+    top_up_id: Annotated[UUID, Field(examples=["9e2b7c41-0d3a-4f5e-8b6c-1a2d3e4f5a6b"])]
+    """
+    The refunded top-up.
+    """
+
+
+class RefundList(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: Annotated[list[Refund], Field(max_length=200)]
+    """
+    This page's refunds.
+    """
+    next_cursor: Annotated[str | None, Field(examples=["eyJrIjoiMjAyNiJ9"], max_length=512, pattern="^[A-Za-z0-9_-]+$")]
+    """
+    Pass as `cursor` for the next page; null on the last page.
+    """
+
+
 class ResourceCapacity(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -1097,6 +1859,35 @@ class ResourceCapacity(BaseModel):
     """
 
 
+class SandboxEvent(BaseModel):
+    """
+    An event of the `sandbox` provider, as it signs and sends it.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    created: Annotated[int, Field(examples=[1795860000], ge=0, le=99999999999)]
+    """
+    When the provider created it (unix seconds).
+    """
+    data: Data
+    """
+    The top-up it is about.
+    """
+    id: Annotated[
+        str,
+        Field(
+            examples=["evt_3f2a9c0b7d1e4a5b8c6d0e1f2a3b4c5d"], max_length=64, min_length=5, pattern="^evt_[A-Za-z0-9]+$"
+        ),
+    ]
+    """
+    The event's id; each is applied at most once.
+    """
+    type: SandboxEventType
+
+
 class SignupResult(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -1119,6 +1910,631 @@ class SignupResult(BaseModel):
 
     """
     user: User
+
+
+class Snapshot(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    completed_at: Annotated[AwareDatetime | None, Field(examples=["2026-11-28T10:00:05Z"])]
+    """
+    When it became available or failed; null while pending.
+    """
+    created_at: Annotated[AwareDatetime, Field(examples=["2026-11-28T10:00:00Z"])]
+    """
+    When it was requested.
+    """
+    deleted_at: Annotated[AwareDatetime | None, Field(examples=["2026-11-28T12:00:00Z"])]
+    """
+    When it was deleted; null before.
+    """
+    id: Annotated[UUID, Field(examples=["9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"])]
+    """
+    The snapshot's id.
+    """
+    name: Annotated[
+        str, Field(examples=["data-1"], max_length=63, min_length=1, pattern="^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+    ]
+    """
+    A slug, unique per organization and region among volumes that are not deleted; also the directory it appears as inside an attached instance (`~/volumes/<name>`).
+    """
+    region: Annotated[str, Field(examples=["fra1"], max_length=32, min_length=2, pattern="^[a-z][a-z0-9-]*$")]
+    """
+    A region's slug.
+    """
+    size_gib: Annotated[int, Field(examples=[100], ge=1, le=16384)]
+    """
+    Size in GiB (1 GiB to 16 TiB).
+    """
+    state: SnapshotState
+    state_reason: Annotated[
+        str | None, Field(examples=["the host could not copy the volume"], max_length=500, pattern="\\S")
+    ]
+    """
+    Why the snapshot is in `error`; null otherwise.
+    """
+    volume_id: Annotated[UUID, Field(examples=["5c0e3a1b-2d4f-4e6a-8b9c-0d1e2f3a4b5c"])]
+    """
+    The volume it was taken of (which may since have been deleted).
+    """
+
+
+class SnapshotCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    name: Annotated[
+        str, Field(examples=["data-1"], max_length=63, min_length=1, pattern="^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+    ]
+    """
+    A slug, unique per organization and region among volumes that are not deleted; also the directory it appears as inside an attached instance (`~/volumes/<name>`).
+    """
+
+
+class SnapshotList(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: Annotated[list[Snapshot], Field(max_length=200)]
+    """
+    This page's snapshots.
+    """
+    next_cursor: Annotated[str | None, Field(examples=["eyJrIjoiMjAyNiJ9"], max_length=512, pattern="^[A-Za-z0-9_-]+$")]
+    """
+    Pass as `cursor` for the next page; null on the last page.
+    """
+
+
+class Statement(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    adjustments: Annotated[int, Field(examples=[0], ge=-9223372036854775807, le=9223372036854775807)]
+    """
+    Operator adjustments (either sign).
+    """
+    closing_balance: Annotated[int, Field(examples=[4250], ge=-9223372036854775807, le=9223372036854775807)]
+    """
+    The posted balance at the end of the month (now, while open).
+    """
+    credits: Annotated[int, Field(examples=[0], ge=-9223372036854775807, le=9223372036854775807)]
+    """
+    Signup credits and promotions.
+    """
+    currency: Annotated[str, Field(examples=["USD"], max_length=3, min_length=3, pattern="^[A-Z]{3}$")]
+    """
+    ISO 4217 currency of every amount here (USD for now).
+    """
+    finalized_at: Annotated[AwareDatetime | None, Field(examples=["2026-12-01T00:05:00Z"])]
+    """
+    When it was fixed; null while open.
+    """
+    id: Annotated[UUID, Field(examples=["5e0c9a41-2f3b-5c6d-8e7f-9a0b1c2d3e4f"])]
+    """
+    The statement's id (stable for the organization and month).
+    """
+    lines: Annotated[list[StatementLine], Field(max_length=100000)]
+    opening_balance: Annotated[int, Field(examples=[0], ge=-9223372036854775807, le=9223372036854775807)]
+    """
+    The posted balance at the start of the month.
+    """
+    other: Annotated[int, Field(examples=[0], ge=-9223372036854775807, le=9223372036854775807)]
+    """
+    Anything else that moved the balance (normally 0).
+    """
+    period: Annotated[
+        str, Field(examples=["2026-11"], max_length=7, min_length=7, pattern="^[0-9]{4}-(0[1-9]|1[0-2])$")
+    ]
+    """
+    The calendar month (UTC).
+    """
+    refunds: Annotated[int, Field(examples=[-500], ge=-9223372036854775807, le=9223372036854775807)]
+    """
+    Refunds paid out (negative).
+    """
+    status: StatementStatus
+    top_ups: Annotated[int, Field(examples=[5000], ge=-9223372036854775807, le=9223372036854775807)]
+    """
+    Top-ups in the month (net of anything reversed), minor units.
+    """
+    usage: Annotated[int, Field(examples=[-250], ge=-9223372036854775807, le=9223372036854775807)]
+    """
+    Usage charged to the wallet (negative).
+    """
+
+
+class StatementList(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: Annotated[list[StatementSummary], Field(max_length=200)]
+    next_cursor: Annotated[str | None, Field(examples=["eyJrIjoiMjAyNiJ9"], max_length=512, pattern="^[A-Za-z0-9_-]+$")]
+    """
+    The next page's cursor; null on the last page.
+    """
+
+
+class TerminalSession(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    api_key_id: Annotated[UUID, Field(examples=["5b7e8a4c-6a0e-4a0f-9e35-5f4c0e3c2a11"])]
+    """
+    The API key that asked for it.
+    """
+    bytes_in: Annotated[int, Field(examples=[42], ge=0, le=9007199254740991)]
+    """
+    Bytes typed (stdin payload) so far.
+    """
+    bytes_out: Annotated[int, Field(examples=[1804], ge=0, le=9007199254740991)]
+    """
+    Bytes shown (stdout payload) so far.
+    """
+    cols: Annotated[int, Field(examples=[120], ge=1, le=1000)]
+    """
+    Terminal width asked for at creation.
+    """
+    command: Annotated[list[CommandItem] | None, Field(examples=[["uname", "-a"]], max_length=64, min_length=1)]
+    """
+    The program and its arguments (argv, run without a shell); null for an interactive login shell.
+    """
+    created_at: Annotated[AwareDatetime, Field(examples=["2026-11-28T10:00:00Z"])]
+    """
+    When the ticket was issued.
+    """
+    end_reason: Annotated[str | None, Field(examples=["exited"], max_length=32, pattern="^[a-z_]+$")]
+    """
+    Why the session ended; null while it has not. One of `exited` (the shell or command
+    ended, see `exit_code`), `closed` (deleteTerminalSession), `client_closed` (the client
+    went away), `idle_timeout`, `max_duration`, `instance_stopped` (the instance stopped or
+    was terminated), `ticket_expired` (nobody attached in time), `ticket_refused` (the
+    ticket was presented for another session), `key_revoked` (the API key that asked was
+    revoked), `instance_not_running`, `session_limit` (the organization had too many
+    attached sessions), `host_error` (the host could not start the shell),
+    `server_shutdown` (the API process holding it shut down), `gateway_lost` (the process
+    holding it died).
+
+    """
+    ended_at: Annotated[AwareDatetime | None, Field(examples=["2026-11-28T10:05:00Z"])]
+    """
+    When it ended; null before.
+    """
+    exit_code: Annotated[int | None, Field(examples=[0], ge=0, le=255)]
+    """
+    The shell's or command's exit status (128 + n when killed by signal n); null unless it exited.
+    """
+    expires_at: Annotated[AwareDatetime, Field(examples=["2026-11-28T10:00:30Z"])]
+    """
+    When the ticket stops working if unused.
+    """
+    id: Annotated[UUID, Field(examples=["3c9a5e1b-2d4f-4a6b-8c7d-9e0f1a2b3c4d"])]
+    """
+    The session's id.
+    """
+    instance_id: Annotated[UUID, Field(examples=["7d1f0e2a-3b4c-4d5e-8f60-718293a4b5c6"])]
+    """
+    The instance it opens.
+    """
+    rows: Annotated[int, Field(examples=[40], ge=1, le=1000)]
+    """
+    Terminal height asked for at creation.
+    """
+    started_at: Annotated[AwareDatetime | None, Field(examples=["2026-11-28T10:00:02Z"])]
+    """
+    When a client attached; null before.
+    """
+    status: TerminalSessionStatus
+
+
+class TerminalSessionCreated(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    api_key_id: Annotated[UUID, Field(examples=["5b7e8a4c-6a0e-4a0f-9e35-5f4c0e3c2a11"])]
+    """
+    The API key that asked for it.
+    """
+    bytes_in: Annotated[int, Field(examples=[42], ge=0, le=9007199254740991)]
+    """
+    Bytes typed (stdin payload) so far.
+    """
+    bytes_out: Annotated[int, Field(examples=[1804], ge=0, le=9007199254740991)]
+    """
+    Bytes shown (stdout payload) so far.
+    """
+    cols: Annotated[int, Field(examples=[120], ge=1, le=1000)]
+    """
+    Terminal width asked for at creation.
+    """
+    command: Annotated[list[CommandItem] | None, Field(examples=[["uname", "-a"]], max_length=64, min_length=1)]
+    """
+    The program and its arguments (argv, run without a shell); null for an interactive login shell.
+    """
+    created_at: Annotated[AwareDatetime, Field(examples=["2026-11-28T10:00:00Z"])]
+    """
+    When the ticket was issued.
+    """
+    end_reason: Annotated[str | None, Field(examples=["exited"], max_length=32, pattern="^[a-z_]+$")]
+    """
+    Why the session ended; null while it has not. One of `exited` (the shell or command
+    ended, see `exit_code`), `closed` (deleteTerminalSession), `client_closed` (the client
+    went away), `idle_timeout`, `max_duration`, `instance_stopped` (the instance stopped or
+    was terminated), `ticket_expired` (nobody attached in time), `ticket_refused` (the
+    ticket was presented for another session), `key_revoked` (the API key that asked was
+    revoked), `instance_not_running`, `session_limit` (the organization had too many
+    attached sessions), `host_error` (the host could not start the shell),
+    `server_shutdown` (the API process holding it shut down), `gateway_lost` (the process
+    holding it died).
+
+    """
+    ended_at: Annotated[AwareDatetime | None, Field(examples=["2026-11-28T10:05:00Z"])]
+    """
+    When it ended; null before.
+    """
+    exit_code: Annotated[int | None, Field(examples=[0], ge=0, le=255)]
+    """
+    The shell's or command's exit status (128 + n when killed by signal n); null unless it exited.
+    """
+    expires_at: Annotated[AwareDatetime, Field(examples=["2026-11-28T10:00:30Z"])]
+    """
+    When the ticket stops working if unused.
+    """
+    id: Annotated[UUID, Field(examples=["3c9a5e1b-2d4f-4a6b-8c7d-9e0f1a2b3c4d"])]
+    """
+    The session's id.
+    """
+    instance_id: Annotated[UUID, Field(examples=["7d1f0e2a-3b4c-4d5e-8f60-718293a4b5c6"])]
+    """
+    The instance it opens.
+    """
+    rows: Annotated[int, Field(examples=[40], ge=1, le=1000)]
+    """
+    Terminal height asked for at creation.
+    """
+    started_at: Annotated[AwareDatetime | None, Field(examples=["2026-11-28T10:00:02Z"])]
+    """
+    When a client attached; null before.
+    """
+    status: TerminalSessionStatus
+    ticket: Annotated[
+        str,
+        Field(
+            examples=["hgt_q3ZJ0Xw9rX6m3fN0hV2Lr8kT5yB1cD4eF7gH0iJ2kL4"],
+            max_length=128,
+            min_length=20,
+            pattern="^hgt_[A-Za-z0-9_-]+$",
+        ),
+    ]
+    """
+    The single-use ticket to send in the auth frame (channel 5) before `expires_at`. Shown once; stored only as a hash.
+    """
+    url: Annotated[
+        str,
+        Field(
+            examples=["wss://api.hangar.dev/v1/terminal-sessions/3c9a5e1b-2d4f-4a6b-8c7d-9e0f1a2b3c4d/stream"],
+            max_length=2048,
+            pattern="^wss?://",
+        ),
+    ]
+    """
+    The websocket to connect to (subprotocol hangar.terminal.v1). It holds no secret.
+    """
+
+
+class TerminalSessionList(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: Annotated[list[TerminalSession], Field(max_length=200)]
+    """
+    This page's sessions.
+    """
+    next_cursor: Annotated[str | None, Field(examples=["eyJrIjoiMjAyNiJ9"], max_length=512, pattern="^[A-Za-z0-9_-]+$")]
+    """
+    Pass as `cursor` for the next page; null on the last page.
+    """
+
+
+class TopUp(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    amount: Annotated[int, Field(examples=[5000], ge=100, le=1000000)]
+    """
+    Cents.
+    """
+    amount_refunded: Annotated[int, Field(examples=[0], ge=0, le=1000000)]
+    """
+    Cents refunded so far.
+    """
+    balance_after: Annotated[int | None, Field(examples=[5000], ge=-1000000000000, le=1000000000000)]
+    """
+    The wallet's posted balance (cents) right after this top-up credited it; null until it succeeded.
+    """
+    card_brand: CardBrand
+    card_last4: Annotated[str, Field(examples=["4242"], max_length=4, min_length=4, pattern="^[0-9]{4}$")]
+    """
+    The card's last four digits.
+    """
+    completed_at: Annotated[AwareDatetime | None, Field(examples=["2026-11-28T10:00:02Z"])]
+    """
+    When it succeeded, failed or was canceled; null before.
+    """
+    created_at: Annotated[AwareDatetime, Field(examples=["2026-11-28T10:00:00Z"])]
+    """
+    When it was created.
+    """
+    currency: Currency
+    error: TopUpError | None
+    failure_code: Annotated[str | None, Field(examples=["card_declined"], max_length=64, pattern="^[a-z_]+$")]
+    """
+    Why it failed (card_declined, processing_error); null otherwise.
+    """
+    id: Annotated[UUID, Field(examples=["9e2b7c41-0d3a-4f5e-8b6c-1a2d3e4f5a6b"])]
+    """
+    The top-up's id.
+    """
+    payment_method: Annotated[UUID | None, Field(examples=["3c9a1f0e-5b2d-4e7a-9c81-2f4d6e8a0b13"])]
+    """
+    The saved payment method that paid it; null for a raw card.
+    """
+    processing: Annotated[bool, Field(examples=[False])]
+    """
+    True while the outcome is on its way (status `processing`); false when nothing will change the status by itself.
+    """
+    status: TopUpStatus
+    updated_at: Annotated[AwareDatetime, Field(examples=["2026-11-28T10:00:02Z"])]
+    """
+    When its status last changed.
+    """
+
+
+class TopUpList(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: Annotated[list[TopUp], Field(max_length=200)]
+    """
+    This page's top-ups.
+    """
+    next_cursor: Annotated[str | None, Field(examples=["eyJrIjoiMjAyNiJ9"], max_length=512, pattern="^[A-Za-z0-9_-]+$")]
+    """
+    Pass as `cursor` for the next page; null on the last page.
+    """
+
+
+class Transaction(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    amount: Annotated[int, Field(examples=[5000], ge=1, le=9223372036854775807)]
+    """
+    Minor units, always positive (see `direction`).
+    """
+    code: Annotated[str, Field(examples=["top_up"], max_length=32, min_length=1, pattern="^[a-z][a-z_]*$")]
+    """
+    What a transfer is for: `top_up`, `refund`, `usage`, `hold`, `usage_uncollected`,
+    `signup_credit`, `promotion`, `adjustment`.
+
+    """
+    created_at: Annotated[AwareDatetime, Field(examples=["2026-11-28T10:00:00Z"])]
+    """
+    When it was written.
+    """
+    currency: Annotated[str, Field(examples=["USD"], max_length=3, min_length=3, pattern="^[A-Z]{3}$")]
+    """
+    ISO 4217 currency of every amount here (USD for now).
+    """
+    direction: Annotated[Direction, Field(examples=["credit"])]
+    """
+    `credit`: into the wallet; `debit`: out of it.
+    """
+    expires_at: Annotated[AwareDatetime | None, Field(examples=["2026-11-28T11:00:00Z"])]
+    """
+    For a hold, when it lapses unless settled first; null otherwise.
+    """
+    id: Annotated[UUID, Field(examples=["9b2e4c6d-8f0a-4b1c-9d2e-3f4a5b6c7d8e"])]
+    """
+    The ledger transfer's id.
+    """
+    pending_id: Annotated[UUID | None, Field(examples=["1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d"])]
+    """
+    For a settlement, the hold it settles; null otherwise.
+    """
+    reference: Annotated[str | None, Field(examples=["top-up 7d1f0e2a"], max_length=255, pattern="\\S")]
+    """
+    What the transfer refers to (a top-up, an instance hold, a reason).
+    """
+    status: TransactionStatus
+
+
+class TransactionList(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: Annotated[list[Transaction], Field(max_length=200)]
+    next_cursor: Annotated[str | None, Field(examples=["eyJrIjoiMjAyNiJ9"], max_length=512, pattern="^[A-Za-z0-9_-]+$")]
+    """
+    The next page's cursor; null on the last page.
+    """
+
+
+class Volume(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    attached_at: Annotated[AwareDatetime | None, Field(examples=["2026-11-28T10:01:00Z"])]
+    """
+    When its current attachment completed; null when not attached.
+    """
+    created_at: Annotated[AwareDatetime, Field(examples=["2026-11-28T10:00:00Z"])]
+    """
+    When it was requested.
+    """
+    deleted_at: Annotated[AwareDatetime | None, Field(examples=["2026-11-28T12:00:00Z"])]
+    """
+    When it was deleted; null before.
+    """
+    id: Annotated[UUID, Field(examples=["5c0e3a1b-2d4f-4e6a-8b9c-0d1e2f3a4b5c"])]
+    """
+    The volume's id.
+    """
+    instance_id: Annotated[UUID | None, Field(examples=["7d1f0e2a-3b4c-4d5e-8f60-718293a4b5c6"])] = None
+    """
+    The instance it is attached to (attaching, in_use, detaching); absent otherwise.
+    """
+    locked: Annotated[bool, Field(examples=[False])]
+    """
+    An action is running; another one gets 409 `resource-locked`.
+    """
+    name: Annotated[
+        str, Field(examples=["data-1"], max_length=63, min_length=1, pattern="^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+    ]
+    """
+    A slug, unique per organization and region among volumes that are not deleted; also the directory it appears as inside an attached instance (`~/volumes/<name>`).
+    """
+    region: Annotated[str, Field(examples=["fra1"], max_length=32, min_length=2, pattern="^[a-z][a-z0-9-]*$")]
+    """
+    A region's slug.
+    """
+    size_gib: Annotated[int, Field(examples=[100], ge=1, le=16384)]
+    """
+    Size in GiB (1 GiB to 16 TiB).
+    """
+    snapshot_id: Annotated[UUID | None, Field(examples=["9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"])] = None
+    """
+    The snapshot it was restored from; absent for a volume created empty.
+    """
+    state: VolumeState
+    state_reason: Annotated[
+        str | None, Field(examples=["the host could not create the volume"], max_length=500, pattern="\\S")
+    ]
+    """
+    Why the volume is in `error`; null otherwise.
+    """
+    updated_at: Annotated[AwareDatetime, Field(examples=["2026-11-28T10:00:05Z"])]
+    """
+    When it last changed.
+    """
+
+
+class VolumeAction(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    completed_at: Annotated[AwareDatetime | None, Field(examples=["2026-11-28T10:00:05Z"])]
+    """
+    When it succeeded or failed; null before.
+    """
+    created_at: Annotated[AwareDatetime, Field(examples=["2026-11-28T10:00:00Z"])]
+    """
+    When it was requested.
+    """
+    error: VolumeActionError | None
+    id: Annotated[UUID, Field(examples=["2b3c4d5e-6f7a-4b8c-9d0e-1f2a3b4c5d6e"])]
+    """
+    The action's id.
+    """
+    instance_id: Annotated[UUID | None, Field(examples=["7d1f0e2a-3b4c-4d5e-8f60-718293a4b5c6"])] = None
+    """
+    The instance an attach or detach is about; absent for the other types.
+    """
+    progress: Annotated[int, Field(examples=[40], ge=0, le=100)]
+    """
+    Percent done.
+    """
+    size_gib: Annotated[int | None, Field(examples=[200], ge=1, le=16384)]
+    """
+    The size a create or resize makes; null for the other types.
+    """
+    started_at: Annotated[AwareDatetime | None, Field(examples=["2026-11-28T10:00:01Z"])]
+    """
+    When work on it began; null while queued.
+    """
+    status: VolumeActionStatus
+    type: VolumeActionType
+    volume_id: Annotated[UUID, Field(examples=["5c0e3a1b-2d4f-4e6a-8b9c-0d1e2f3a4b5c"])]
+    """
+    The volume it acts on.
+    """
+
+
+class VolumeActionList(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: Annotated[list[VolumeAction], Field(max_length=200)]
+    """
+    This page's volume actions.
+    """
+    next_cursor: Annotated[str | None, Field(examples=["eyJrIjoiMjAyNiJ9"], max_length=512, pattern="^[A-Za-z0-9_-]+$")]
+    """
+    Pass as `cursor` for the next page; null on the last page.
+    """
+
+
+class VolumeCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    name: Annotated[
+        str, Field(examples=["data-1"], max_length=63, min_length=1, pattern="^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+    ]
+    """
+    A slug, unique per organization and region among volumes that are not deleted; also the directory it appears as inside an attached instance (`~/volumes/<name>`).
+    """
+    region: Annotated[str, Field(examples=["fra1"], max_length=32, min_length=2, pattern="^[a-z][a-z0-9-]*$")]
+    """
+    A region's slug.
+    """
+    size_gib: Annotated[int, Field(examples=[100], ge=1, le=16384)]
+    """
+    Size in GiB (1 GiB to 16 TiB).
+    """
+    snapshot_id: Annotated[UUID | None, Field(examples=["9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"])] = None
+    """
+    Restore from this snapshot (available, same region, size_gib ≥ its size).
+    """
+
+
+class VolumeLaunch(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    action: VolumeAction
+    volume: Volume
+
+
+class VolumeList(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: Annotated[list[Volume], Field(max_length=200)]
+    """
+    This page's volumes.
+    """
+    next_cursor: Annotated[str | None, Field(examples=["eyJrIjoiMjAyNiJ9"], max_length=512, pattern="^[A-Za-z0-9_-]+$")]
+    """
+    Pass as `cursor` for the next page; null on the last page.
+    """
 
 
 class Host(BaseModel):

@@ -270,6 +270,63 @@ OPERATIONS: dict[str, Operation] = {
         emits=(),
         cli={"columns": ["id", "name", "state", "generation"], "command": "mark-down"},
     ),
+    "getOrganizationBalance": Operation(
+        operation_id="getOrganizationBalance",
+        handler_module="handlers.billing.operations",
+        handler_name="get_organization_balance",
+        context="billing",
+        method="GET",
+        path="/v1/admin/organizations/{organizationId}/balance",
+        tag="operator",
+        public=False,
+        scopes=("admin:read",),
+        idempotent=False,
+        success_status=200,
+        request_model=None,
+        response_model=models.BillingBalance,
+        params=(Param("organizationId", "organization_id", "path", True, uuid.UUID),),
+        emits=(),
+        cli={"columns": ["currency", "balance", "available", "held", "credit_limit"], "command": "balance"},
+    ),
+    "createCreditAdjustment": Operation(
+        operation_id="createCreditAdjustment",
+        handler_module="handlers.billing.operations",
+        handler_name="create_credit_adjustment",
+        context="billing",
+        method="POST",
+        path="/v1/admin/organizations/{organizationId}/credit-adjustments",
+        tag="operator",
+        public=False,
+        scopes=("admin:write",),
+        idempotent=True,
+        success_status=201,
+        request_model=models.CreditAdjustmentCreate,
+        response_model=models.CreditAdjustment,
+        params=(Param("organizationId", "organization_id", "path", True, uuid.UUID),),
+        emits=("credit.adjusted",),
+        cli={
+            "columns": ["id", "direction", "amount", "currency", "reason", "balance.balance", "balance.available"],
+            "command": "adjust-credit",
+        },
+    ),
+    "setCreditLimit": Operation(
+        operation_id="setCreditLimit",
+        handler_module="handlers.billing.operations",
+        handler_name="set_credit_limit",
+        context="billing",
+        method="PUT",
+        path="/v1/admin/organizations/{organizationId}/credit-limit",
+        tag="operator",
+        public=False,
+        scopes=("admin:write",),
+        idempotent=False,
+        success_status=200,
+        request_model=models.CreditLimitUpdate,
+        response_model=models.BillingBalance,
+        params=(Param("organizationId", "organization_id", "path", True, uuid.UUID),),
+        emits=(),
+        cli={"columns": ["currency", "balance", "available", "held", "credit_limit"], "command": "set-credit-limit"},
+    ),
     "listApiKeys": Operation(
         operation_id="listApiKeys",
         handler_module="handlers.identity.operations",
@@ -347,6 +404,157 @@ OPERATIONS: dict[str, Operation] = {
         params=(Param("apiKeyId", "api_key_id", "path", True, uuid.UUID),),
         emits=("api_key.revoked",),
         cli={"command": "revoke"},
+    ),
+    "getBalance": Operation(
+        operation_id="getBalance",
+        handler_module="handlers.billing.operations",
+        handler_name="get_balance",
+        context="billing",
+        method="GET",
+        path="/v1/billing/balance",
+        tag="billing",
+        public=False,
+        scopes=("billing:read",),
+        idempotent=False,
+        success_status=200,
+        request_model=None,
+        response_model=models.BillingBalance,
+        params=(),
+        emits=(),
+        cli={"columns": ["currency", "balance", "available", "held", "credit_limit"], "command": "balance"},
+    ),
+    "listStatements": Operation(
+        operation_id="listStatements",
+        handler_module="handlers.billing.operations",
+        handler_name="list_statements",
+        context="billing",
+        method="GET",
+        path="/v1/billing/statements",
+        tag="billing",
+        public=False,
+        scopes=("billing:read",),
+        idempotent=False,
+        success_status=200,
+        request_model=None,
+        response_model=models.StatementList,
+        params=(
+            Param("limit", "limit", "query", False, int),
+            Param("cursor", "cursor", "query", False, str | None),
+        ),
+        emits=(),
+        cli={
+            "columns": ["id", "period", "status", "currency", "opening_balance", "closing_balance", "usage", "top_ups"],
+            "command": "statements",
+        },
+    ),
+    "getStatement": Operation(
+        operation_id="getStatement",
+        handler_module="handlers.billing.operations",
+        handler_name="get_statement",
+        context="billing",
+        method="GET",
+        path="/v1/billing/statements/{statementId}",
+        tag="billing",
+        public=False,
+        scopes=("billing:read",),
+        idempotent=False,
+        success_status=200,
+        request_model=None,
+        response_model=models.Statement,
+        params=(Param("statementId", "statement_id", "path", True, uuid.UUID),),
+        emits=(),
+        cli={
+            "columns": [
+                "id",
+                "period",
+                "status",
+                "currency",
+                "opening_balance",
+                "top_ups",
+                "refunds",
+                "usage",
+                "credits",
+                "adjustments",
+                "other",
+                "closing_balance",
+                "finalized_at",
+            ],
+            "command": "statement",
+        },
+    ),
+    "listStatementLines": Operation(
+        operation_id="listStatementLines",
+        handler_module="handlers.billing.operations",
+        handler_name="list_statement_lines",
+        context="billing",
+        method="GET",
+        path="/v1/billing/statements/{statementId}/lines",
+        tag="billing",
+        public=False,
+        scopes=("billing:read",),
+        idempotent=False,
+        success_status=200,
+        request_model=None,
+        response_model=models.StatementLineList,
+        params=(
+            Param("statementId", "statement_id", "path", True, uuid.UUID),
+            Param("limit", "limit", "query", False, int),
+            Param("cursor", "cursor", "query", False, str | None),
+        ),
+        emits=(),
+        cli={"columns": ["kind", "description", "amount", "seconds", "occurred_at"], "command": "statement-lines"},
+    ),
+    "listTransactions": Operation(
+        operation_id="listTransactions",
+        handler_module="handlers.billing.operations",
+        handler_name="list_transactions",
+        context="billing",
+        method="GET",
+        path="/v1/billing/transactions",
+        tag="billing",
+        public=False,
+        scopes=("billing:read",),
+        idempotent=False,
+        success_status=200,
+        request_model=None,
+        response_model=models.TransactionList,
+        params=(
+            Param("limit", "limit", "query", False, int),
+            Param("cursor", "cursor", "query", False, str | None),
+            Param("code", "code", "query", False, str | None),
+        ),
+        emits=(),
+        cli={
+            "columns": ["created_at", "code", "direction", "amount", "currency", "status", "reference", "id"],
+            "command": "transactions",
+        },
+    ),
+    "listUsage": Operation(
+        operation_id="listUsage",
+        handler_module="handlers.billing.operations",
+        handler_name="list_usage",
+        context="billing",
+        method="GET",
+        path="/v1/billing/usage",
+        tag="billing",
+        public=False,
+        scopes=("billing:read",),
+        idempotent=False,
+        success_status=200,
+        request_model=None,
+        response_model=models.UsageList,
+        params=(
+            Param("limit", "limit", "query", False, int),
+            Param("cursor", "cursor", "query", False, str | None),
+            Param("from", "from_", "query", False, datetime.date | None),
+            Param("to", "to", "query", False, datetime.date | None),
+            Param("resource_type", "resource_type", "query", False, models.ResourceType | None),
+        ),
+        emits=(),
+        cli={
+            "columns": ["day", "resource_type", "description", "seconds", "amount", "currency", "resource_id"],
+            "command": "usage",
+        },
     ),
     "listImages": Operation(
         operation_id="listImages",
@@ -562,6 +770,35 @@ OPERATIONS: dict[str, Operation] = {
             "wait": {"operationId": "getAction", "parameters": {"actionId": "$response.body#/id"}},
         },
     ),
+    "createTerminalSession": Operation(
+        operation_id="createTerminalSession",
+        handler_module="handlers.terminal.operations",
+        handler_name="create_terminal_session",
+        context="terminal",
+        method="POST",
+        path="/v1/instances/{instanceId}/terminal-sessions",
+        tag="terminal-sessions",
+        public=False,
+        scopes=("instances:console",),
+        idempotent=True,
+        success_status=201,
+        request_model=models.TerminalSessionCreate,
+        response_model=models.TerminalSessionCreated,
+        params=(Param("instanceId", "instance_id", "path", True, uuid.UUID),),
+        emits=(),
+        cli={
+            "columns": ["id", "instance_id", "status", "url", "expires_at"],
+            "command": "create",
+            "stream": {
+                "asyncapi": "terminal.yaml",
+                "exec": {"argv": "command", "command": "exec"},
+                "group": "instances",
+                "shell": "terminal",
+                "ticket": "$response.body#/ticket",
+                "url": "$response.body#/url",
+            },
+        },
+    ),
     "acceptInvitation": Operation(
         operation_id="acceptInvitation",
         handler_module="handlers.identity.operations",
@@ -743,6 +980,99 @@ OPERATIONS: dict[str, Operation] = {
         emits=("member.removed", "api_key.revoked"),
         cli={"command": "remove"},
     ),
+    "listPaymentMethods": Operation(
+        operation_id="listPaymentMethods",
+        handler_module="handlers.payments.operations",
+        handler_name="list_payment_methods",
+        context="payments",
+        method="GET",
+        path="/v1/payment-methods",
+        tag="payment-methods",
+        public=False,
+        scopes=("billing:read",),
+        idempotent=False,
+        success_status=200,
+        request_model=None,
+        response_model=models.PaymentMethodList,
+        params=(
+            Param("limit", "limit", "query", False, int),
+            Param("cursor", "cursor", "query", False, str | None),
+        ),
+        emits=(),
+        cli={"columns": ["id", "brand", "last4", "exp_month", "exp_year", "created_at"], "command": "list"},
+    ),
+    "createPaymentMethod": Operation(
+        operation_id="createPaymentMethod",
+        handler_module="handlers.payments.operations",
+        handler_name="create_payment_method",
+        context="payments",
+        method="POST",
+        path="/v1/payment-methods",
+        tag="payment-methods",
+        public=False,
+        scopes=("billing:write",),
+        idempotent=True,
+        success_status=201,
+        request_model=models.PaymentMethodCreate,
+        response_model=models.PaymentMethod,
+        params=(),
+        emits=(),
+        cli={"columns": ["id", "brand", "last4", "exp_month", "exp_year"], "command": "create"},
+    ),
+    "getPaymentMethod": Operation(
+        operation_id="getPaymentMethod",
+        handler_module="handlers.payments.operations",
+        handler_name="get_payment_method",
+        context="payments",
+        method="GET",
+        path="/v1/payment-methods/{paymentMethodId}",
+        tag="payment-methods",
+        public=False,
+        scopes=("billing:read",),
+        idempotent=False,
+        success_status=200,
+        request_model=None,
+        response_model=models.PaymentMethod,
+        params=(Param("paymentMethodId", "payment_method_id", "path", True, uuid.UUID),),
+        emits=(),
+        cli={"columns": ["id", "brand", "last4", "exp_month", "exp_year", "created_at"], "command": "get"},
+    ),
+    "deletePaymentMethod": Operation(
+        operation_id="deletePaymentMethod",
+        handler_module="handlers.payments.operations",
+        handler_name="delete_payment_method",
+        context="payments",
+        method="DELETE",
+        path="/v1/payment-methods/{paymentMethodId}",
+        tag="payment-methods",
+        public=False,
+        scopes=("billing:write",),
+        idempotent=False,
+        success_status=204,
+        request_model=None,
+        response_model=None,
+        params=(Param("paymentMethodId", "payment_method_id", "path", True, uuid.UUID),),
+        emits=(),
+        cli={"command": "delete"},
+    ),
+    "receiveSandboxWebhook": Operation(
+        operation_id="receiveSandboxWebhook",
+        handler_module="handlers.payments.operations",
+        handler_name="receive_sandbox_webhook",
+        context="payments",
+        method="POST",
+        path="/v1/payments/webhooks/sandbox",
+        tag="payment-webhooks",
+        public=True,
+        scopes=(),
+        idempotent=False,
+        success_status=200,
+        request_model=models.SandboxEvent,
+        response_model=models.WebhookReceipt,
+        params=(),
+        emits=("top_up.succeeded", "top_up.failed"),
+        cli={"columns": ["event_id", "type", "top_up_id", "applied", "status"], "command": "sandbox-webhook"},
+    ),
     "listRegions": Operation(
         operation_id="listRegions",
         handler_module="handlers.inventory.operations",
@@ -781,6 +1111,503 @@ OPERATIONS: dict[str, Operation] = {
         params=(),
         emits=("organization.created", "api_key.created"),
         cli={"columns": ["organization.id", "organization.name", "user.email", "api_key.prefix"], "command": "signup"},
+    ),
+    "listSnapshots": Operation(
+        operation_id="listSnapshots",
+        handler_module="handlers.storage.operations",
+        handler_name="list_snapshots",
+        context="storage",
+        method="GET",
+        path="/v1/snapshots",
+        tag="snapshots",
+        public=False,
+        scopes=("volumes:read",),
+        idempotent=False,
+        success_status=200,
+        request_model=None,
+        response_model=models.SnapshotList,
+        params=(
+            Param("limit", "limit", "query", False, int),
+            Param("cursor", "cursor", "query", False, str | None),
+            Param("volume_id", "volume_id", "query", False, uuid.UUID | None),
+            Param("region", "region", "query", False, str | None),
+            Param("state", "state", "query", False, models.SnapshotState | None),
+        ),
+        emits=(),
+        cli={"columns": ["id", "name", "state", "volume_id", "region", "size_gib", "created_at"], "command": "list"},
+    ),
+    "getSnapshot": Operation(
+        operation_id="getSnapshot",
+        handler_module="handlers.storage.operations",
+        handler_name="get_snapshot",
+        context="storage",
+        method="GET",
+        path="/v1/snapshots/{snapshotId}",
+        tag="snapshots",
+        public=False,
+        scopes=("volumes:read",),
+        idempotent=False,
+        success_status=200,
+        request_model=None,
+        response_model=models.Snapshot,
+        params=(Param("snapshotId", "snapshot_id", "path", True, uuid.UUID),),
+        emits=(),
+        cli={
+            "columns": ["id", "name", "state", "state_reason", "volume_id", "region", "size_gib", "completed_at"],
+            "command": "get",
+        },
+    ),
+    "deleteSnapshot": Operation(
+        operation_id="deleteSnapshot",
+        handler_module="handlers.storage.operations",
+        handler_name="delete_snapshot",
+        context="storage",
+        method="DELETE",
+        path="/v1/snapshots/{snapshotId}",
+        tag="snapshots",
+        public=False,
+        scopes=("volumes:write",),
+        idempotent=False,
+        success_status=202,
+        request_model=None,
+        response_model=models.Snapshot,
+        params=(Param("snapshotId", "snapshot_id", "path", True, uuid.UUID),),
+        emits=("snapshot.deleted",),
+        cli={"columns": ["id", "name", "state", "volume_id"], "command": "delete"},
+    ),
+    "listTerminalSessions": Operation(
+        operation_id="listTerminalSessions",
+        handler_module="handlers.terminal.operations",
+        handler_name="list_terminal_sessions",
+        context="terminal",
+        method="GET",
+        path="/v1/terminal-sessions",
+        tag="terminal-sessions",
+        public=False,
+        scopes=("instances:read",),
+        idempotent=False,
+        success_status=200,
+        request_model=None,
+        response_model=models.TerminalSessionList,
+        params=(
+            Param("limit", "limit", "query", False, int),
+            Param("cursor", "cursor", "query", False, str | None),
+            Param("instance_id", "instance_id", "query", False, uuid.UUID | None),
+            Param("status", "status", "query", False, models.TerminalSessionStatus | None),
+        ),
+        emits=(),
+        cli={
+            "columns": [
+                "id",
+                "instance_id",
+                "status",
+                "started_at",
+                "ended_at",
+                "end_reason",
+                "exit_code",
+                "bytes_in",
+                "bytes_out",
+            ],
+            "command": "list",
+        },
+    ),
+    "getTerminalSession": Operation(
+        operation_id="getTerminalSession",
+        handler_module="handlers.terminal.operations",
+        handler_name="get_terminal_session",
+        context="terminal",
+        method="GET",
+        path="/v1/terminal-sessions/{sessionId}",
+        tag="terminal-sessions",
+        public=False,
+        scopes=("instances:read",),
+        idempotent=False,
+        success_status=200,
+        request_model=None,
+        response_model=models.TerminalSession,
+        params=(Param("sessionId", "session_id", "path", True, uuid.UUID),),
+        emits=(),
+        cli={
+            "columns": [
+                "id",
+                "instance_id",
+                "status",
+                "command",
+                "started_at",
+                "ended_at",
+                "end_reason",
+                "exit_code",
+                "bytes_in",
+                "bytes_out",
+            ],
+            "command": "get",
+        },
+    ),
+    "deleteTerminalSession": Operation(
+        operation_id="deleteTerminalSession",
+        handler_module="handlers.terminal.operations",
+        handler_name="delete_terminal_session",
+        context="terminal",
+        method="DELETE",
+        path="/v1/terminal-sessions/{sessionId}",
+        tag="terminal-sessions",
+        public=False,
+        scopes=("instances:console",),
+        idempotent=False,
+        success_status=204,
+        request_model=None,
+        response_model=None,
+        params=(Param("sessionId", "session_id", "path", True, uuid.UUID),),
+        emits=(),
+        cli={"command": "close"},
+    ),
+    "listTopUps": Operation(
+        operation_id="listTopUps",
+        handler_module="handlers.payments.operations",
+        handler_name="list_top_ups",
+        context="payments",
+        method="GET",
+        path="/v1/top-ups",
+        tag="top-ups",
+        public=False,
+        scopes=("billing:read",),
+        idempotent=False,
+        success_status=200,
+        request_model=None,
+        response_model=models.TopUpList,
+        params=(
+            Param("limit", "limit", "query", False, int),
+            Param("cursor", "cursor", "query", False, str | None),
+            Param("status", "status", "query", False, models.TopUpStatus | None),
+        ),
+        emits=(),
+        cli={
+            "columns": ["id", "status", "amount", "amount_refunded", "currency", "card_last4", "created_at"],
+            "command": "list",
+        },
+    ),
+    "createTopUp": Operation(
+        operation_id="createTopUp",
+        handler_module="handlers.payments.operations",
+        handler_name="create_top_up",
+        context="payments",
+        method="POST",
+        path="/v1/top-ups",
+        tag="top-ups",
+        public=False,
+        scopes=("billing:write",),
+        idempotent=True,
+        success_status=201,
+        request_model=models.TopUpCreate,
+        response_model=models.TopUp,
+        params=(),
+        emits=("top_up.succeeded", "top_up.failed"),
+        cli={
+            "columns": ["id", "status", "amount", "currency", "card_brand", "card_last4", "failure_code"],
+            "command": "create",
+            "wait": {"operationId": "getTopUp", "parameters": {"topUpId": "$response.body#/id"}},
+        },
+    ),
+    "getTopUp": Operation(
+        operation_id="getTopUp",
+        handler_module="handlers.payments.operations",
+        handler_name="get_top_up",
+        context="payments",
+        method="GET",
+        path="/v1/top-ups/{topUpId}",
+        tag="top-ups",
+        public=False,
+        scopes=("billing:read",),
+        idempotent=False,
+        success_status=200,
+        request_model=None,
+        response_model=models.TopUp,
+        params=(Param("topUpId", "top_up_id", "path", True, uuid.UUID),),
+        emits=(),
+        cli={
+            "columns": [
+                "id",
+                "status",
+                "amount",
+                "amount_refunded",
+                "currency",
+                "card_last4",
+                "balance_after",
+                "failure_code",
+                "updated_at",
+            ],
+            "command": "get",
+        },
+    ),
+    "cancelTopUp": Operation(
+        operation_id="cancelTopUp",
+        handler_module="handlers.payments.operations",
+        handler_name="cancel_top_up",
+        context="payments",
+        method="POST",
+        path="/v1/top-ups/{topUpId}/cancel",
+        tag="top-ups",
+        public=False,
+        scopes=("billing:write",),
+        idempotent=False,
+        success_status=200,
+        request_model=None,
+        response_model=models.TopUp,
+        params=(Param("topUpId", "top_up_id", "path", True, uuid.UUID),),
+        emits=("top_up.canceled",),
+        cli={"columns": ["id", "status", "amount", "currency"], "command": "cancel"},
+    ),
+    "confirmTopUp": Operation(
+        operation_id="confirmTopUp",
+        handler_module="handlers.payments.operations",
+        handler_name="confirm_top_up",
+        context="payments",
+        method="POST",
+        path="/v1/top-ups/{topUpId}/confirm",
+        tag="top-ups",
+        public=False,
+        scopes=("billing:write",),
+        idempotent=False,
+        success_status=200,
+        request_model=None,
+        response_model=models.TopUp,
+        params=(Param("topUpId", "top_up_id", "path", True, uuid.UUID),),
+        emits=("top_up.succeeded", "top_up.failed"),
+        cli={
+            "columns": ["id", "status", "amount", "currency", "card_last4", "failure_code"],
+            "command": "confirm",
+            "wait": {"operationId": "getTopUp", "parameters": {"topUpId": "$response.body#/id"}},
+        },
+    ),
+    "listRefunds": Operation(
+        operation_id="listRefunds",
+        handler_module="handlers.payments.operations",
+        handler_name="list_refunds",
+        context="payments",
+        method="GET",
+        path="/v1/top-ups/{topUpId}/refunds",
+        tag="refunds",
+        public=False,
+        scopes=("billing:read",),
+        idempotent=False,
+        success_status=200,
+        request_model=None,
+        response_model=models.RefundList,
+        params=(
+            Param("topUpId", "top_up_id", "path", True, uuid.UUID),
+            Param("limit", "limit", "query", False, int),
+            Param("cursor", "cursor", "query", False, str | None),
+        ),
+        emits=(),
+        cli={"columns": ["id", "status", "amount", "currency", "balance_after", "created_at"], "command": "list"},
+    ),
+    "createRefund": Operation(
+        operation_id="createRefund",
+        handler_module="handlers.payments.operations",
+        handler_name="create_refund",
+        context="payments",
+        method="POST",
+        path="/v1/top-ups/{topUpId}/refunds",
+        tag="refunds",
+        public=False,
+        scopes=("billing:write",),
+        idempotent=True,
+        success_status=201,
+        request_model=models.RefundCreate,
+        response_model=models.Refund,
+        params=(Param("topUpId", "top_up_id", "path", True, uuid.UUID),),
+        emits=("refund.succeeded",),
+        cli={"columns": ["id", "status", "amount", "currency", "balance_after"], "command": "create"},
+    ),
+    "getVolumeAction": Operation(
+        operation_id="getVolumeAction",
+        handler_module="handlers.storage.operations",
+        handler_name="get_volume_action",
+        context="storage",
+        method="GET",
+        path="/v1/volume-actions/{volumeActionId}",
+        tag="volume-actions",
+        public=False,
+        scopes=("volumes:read",),
+        idempotent=False,
+        success_status=200,
+        request_model=None,
+        response_model=models.VolumeAction,
+        params=(Param("volumeActionId", "volume_action_id", "path", True, uuid.UUID),),
+        emits=(),
+        cli={
+            "columns": ["id", "type", "status", "progress", "volume_id", "instance_id", "created_at", "completed_at"],
+            "command": "get",
+        },
+    ),
+    "listVolumes": Operation(
+        operation_id="listVolumes",
+        handler_module="handlers.storage.operations",
+        handler_name="list_volumes",
+        context="storage",
+        method="GET",
+        path="/v1/volumes",
+        tag="volumes",
+        public=False,
+        scopes=("volumes:read",),
+        idempotent=False,
+        success_status=200,
+        request_model=None,
+        response_model=models.VolumeList,
+        params=(
+            Param("limit", "limit", "query", False, int),
+            Param("cursor", "cursor", "query", False, str | None),
+            Param("region", "region", "query", False, str | None),
+            Param("state", "state", "query", False, models.VolumeState | None),
+            Param("instance_id", "instance_id", "query", False, uuid.UUID | None),
+        ),
+        emits=(),
+        cli={"columns": ["id", "name", "state", "region", "size_gib", "instance_id", "created_at"], "command": "list"},
+    ),
+    "createVolume": Operation(
+        operation_id="createVolume",
+        handler_module="handlers.storage.operations",
+        handler_name="create_volume",
+        context="storage",
+        method="POST",
+        path="/v1/volumes",
+        tag="volumes",
+        public=False,
+        scopes=("volumes:write",),
+        idempotent=True,
+        success_status=202,
+        request_model=models.VolumeCreate,
+        response_model=models.VolumeLaunch,
+        params=(),
+        emits=("volume.created",),
+        cli={
+            "columns": ["volume.id", "volume.name", "volume.state", "volume.region", "volume.size_gib", "action.id"],
+            "command": "create",
+            "wait": {"operationId": "getVolumeAction", "parameters": {"volumeActionId": "$response.body#/action/id"}},
+        },
+    ),
+    "getVolume": Operation(
+        operation_id="getVolume",
+        handler_module="handlers.storage.operations",
+        handler_name="get_volume",
+        context="storage",
+        method="GET",
+        path="/v1/volumes/{volumeId}",
+        tag="volumes",
+        public=False,
+        scopes=("volumes:read",),
+        idempotent=False,
+        success_status=200,
+        request_model=None,
+        response_model=models.Volume,
+        params=(Param("volumeId", "volume_id", "path", True, uuid.UUID),),
+        emits=(),
+        cli={
+            "columns": [
+                "id",
+                "name",
+                "state",
+                "state_reason",
+                "region",
+                "size_gib",
+                "instance_id",
+                "snapshot_id",
+                "updated_at",
+            ],
+            "command": "get",
+        },
+    ),
+    "deleteVolume": Operation(
+        operation_id="deleteVolume",
+        handler_module="handlers.storage.operations",
+        handler_name="delete_volume",
+        context="storage",
+        method="DELETE",
+        path="/v1/volumes/{volumeId}",
+        tag="volumes",
+        public=False,
+        scopes=("volumes:write",),
+        idempotent=False,
+        success_status=202,
+        request_model=None,
+        response_model=models.VolumeAction,
+        params=(Param("volumeId", "volume_id", "path", True, uuid.UUID),),
+        emits=("volume.deleted",),
+        cli={
+            "columns": ["id", "type", "status", "progress", "volume_id"],
+            "command": "delete",
+            "wait": {"operationId": "getVolumeAction", "parameters": {"volumeActionId": "$response.body#/id"}},
+        },
+    ),
+    "listVolumeActions": Operation(
+        operation_id="listVolumeActions",
+        handler_module="handlers.storage.operations",
+        handler_name="list_volume_actions",
+        context="storage",
+        method="GET",
+        path="/v1/volumes/{volumeId}/actions",
+        tag="volume-actions",
+        public=False,
+        scopes=("volumes:read",),
+        idempotent=False,
+        success_status=200,
+        request_model=None,
+        response_model=models.VolumeActionList,
+        params=(
+            Param("volumeId", "volume_id", "path", True, uuid.UUID),
+            Param("limit", "limit", "query", False, int),
+            Param("cursor", "cursor", "query", False, str | None),
+        ),
+        emits=(),
+        cli={
+            "columns": ["id", "type", "status", "progress", "instance_id", "created_at", "completed_at"],
+            "command": "list",
+        },
+    ),
+    "createVolumeAction": Operation(
+        operation_id="createVolumeAction",
+        handler_module="handlers.storage.operations",
+        handler_name="create_volume_action",
+        context="storage",
+        method="POST",
+        path="/v1/volumes/{volumeId}/actions",
+        tag="volumes",
+        public=False,
+        scopes=("volumes:write",),
+        idempotent=True,
+        success_status=202,
+        request_model=models.VolumeActionRequest,
+        response_model=models.VolumeAction,
+        params=(Param("volumeId", "volume_id", "path", True, uuid.UUID),),
+        emits=("volume.attached", "volume.detached", "volume.resized"),
+        cli={
+            "columns": ["id", "type", "status", "progress", "volume_id", "instance_id"],
+            "command": "act",
+            "verbs": {"field": "type"},
+            "wait": {"operationId": "getVolumeAction", "parameters": {"volumeActionId": "$response.body#/id"}},
+        },
+    ),
+    "createSnapshot": Operation(
+        operation_id="createSnapshot",
+        handler_module="handlers.storage.operations",
+        handler_name="create_snapshot",
+        context="storage",
+        method="POST",
+        path="/v1/volumes/{volumeId}/snapshots",
+        tag="snapshots",
+        public=False,
+        scopes=("volumes:write",),
+        idempotent=True,
+        success_status=202,
+        request_model=models.SnapshotCreate,
+        response_model=models.Snapshot,
+        params=(Param("volumeId", "volume_id", "path", True, uuid.UUID),),
+        emits=("snapshot.completed",),
+        cli={
+            "columns": ["id", "name", "state", "volume_id", "size_gib", "created_at"],
+            "command": "create",
+            "wait": {"operationId": "getSnapshot", "parameters": {"snapshotId": "$response.body#/id"}},
+        },
     ),
 }
 
@@ -1025,6 +1852,41 @@ def _adapt_mark_host_down(op: Operation, handler: Callable[..., Any], invoke: In
     return mark_host_down
 
 
+def _adapt_get_organization_balance(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def get_organization_balance(organization_id: Any) -> Any:
+        def call(ctx: Any) -> Any:
+            organization_id_: uuid.UUID = _convert(_uuid, organization_id, "path.organizationId")
+            return serialize(op, handler(ctx, organization_id=organization_id_))
+
+        return invoke(op, call, None)
+
+    return get_organization_balance
+
+
+def _adapt_create_credit_adjustment(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def create_credit_adjustment(organization_id: Any, body: Any) -> Any:
+        def call(ctx: Any) -> Any:
+            organization_id_: uuid.UUID = _convert(_uuid, organization_id, "path.organizationId")
+            body_: models.CreditAdjustmentCreate = _body(op, body)
+            return serialize(op, handler(ctx, organization_id=organization_id_, body=body_))
+
+        return invoke(op, call, body)
+
+    return create_credit_adjustment
+
+
+def _adapt_set_credit_limit(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def set_credit_limit(organization_id: Any, body: Any) -> Any:
+        def call(ctx: Any) -> Any:
+            organization_id_: uuid.UUID = _convert(_uuid, organization_id, "path.organizationId")
+            body_: models.CreditLimitUpdate = _body(op, body)
+            return serialize(op, handler(ctx, organization_id=organization_id_, body=body_))
+
+        return invoke(op, call, body)
+
+    return set_credit_limit
+
+
 def _adapt_list_api_keys(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
     def list_api_keys(limit: Any = 50, cursor: Any = None) -> Any:
         def call(ctx: Any) -> Any:
@@ -1068,6 +1930,88 @@ def _adapt_revoke_api_key(op: Operation, handler: Callable[..., Any], invoke: In
         return invoke(op, call, None)
 
     return revoke_api_key
+
+
+def _adapt_get_balance(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def get_balance() -> Any:
+        def call(ctx: Any) -> Any:
+            return serialize(op, handler(ctx))
+
+        return invoke(op, call, None)
+
+    return get_balance
+
+
+def _adapt_list_statements(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def list_statements(limit: Any = 50, cursor: Any = None) -> Any:
+        def call(ctx: Any) -> Any:
+            limit_: int = _convert(_int, limit, "query.limit")
+            cursor_: str | None = None if cursor is None else _convert(_str, cursor, "query.cursor")
+            return serialize(op, handler(ctx, limit=limit_, cursor=cursor_))
+
+        return invoke(op, call, None)
+
+    return list_statements
+
+
+def _adapt_get_statement(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def get_statement(statement_id: Any) -> Any:
+        def call(ctx: Any) -> Any:
+            statement_id_: uuid.UUID = _convert(_uuid, statement_id, "path.statementId")
+            return serialize(op, handler(ctx, statement_id=statement_id_))
+
+        return invoke(op, call, None)
+
+    return get_statement
+
+
+def _adapt_list_statement_lines(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def list_statement_lines(statement_id: Any, limit: Any = 50, cursor: Any = None) -> Any:
+        def call(ctx: Any) -> Any:
+            statement_id_: uuid.UUID = _convert(_uuid, statement_id, "path.statementId")
+            limit_: int = _convert(_int, limit, "query.limit")
+            cursor_: str | None = None if cursor is None else _convert(_str, cursor, "query.cursor")
+            return serialize(op, handler(ctx, statement_id=statement_id_, limit=limit_, cursor=cursor_))
+
+        return invoke(op, call, None)
+
+    return list_statement_lines
+
+
+def _adapt_list_transactions(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def list_transactions(limit: Any = 50, cursor: Any = None, code: Any = None) -> Any:
+        def call(ctx: Any) -> Any:
+            limit_: int = _convert(_int, limit, "query.limit")
+            cursor_: str | None = None if cursor is None else _convert(_str, cursor, "query.cursor")
+            code_: str | None = None if code is None else _convert(_str, code, "query.code")
+            return serialize(op, handler(ctx, limit=limit_, cursor=cursor_, code=code_))
+
+        return invoke(op, call, None)
+
+    return list_transactions
+
+
+def _adapt_list_usage(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def list_usage(
+        limit: Any = 50, cursor: Any = None, from_: Any = None, to: Any = None, resource_type: Any = None
+    ) -> Any:
+        def call(ctx: Any) -> Any:
+            limit_: int = _convert(_int, limit, "query.limit")
+            cursor_: str | None = None if cursor is None else _convert(_str, cursor, "query.cursor")
+            from__: datetime.date | None = None if from_ is None else _convert(_date, from_, "query.from")
+            to_: datetime.date | None = None if to is None else _convert(_date, to, "query.to")
+            resource_type_: models.ResourceType | None = (
+                None
+                if resource_type is None
+                else _convert(_enum(models.ResourceType), resource_type, "query.resource_type")
+            )
+            return serialize(
+                op, handler(ctx, limit=limit_, cursor=cursor_, from_=from__, to=to_, resource_type=resource_type_)
+            )
+
+        return invoke(op, call, None)
+
+    return list_usage
 
 
 def _adapt_list_images(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
@@ -1167,6 +2111,18 @@ def _adapt_create_instance_action(op: Operation, handler: Callable[..., Any], in
         return invoke(op, call, body)
 
     return create_instance_action
+
+
+def _adapt_create_terminal_session(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def create_terminal_session(instance_id: Any, body: Any) -> Any:
+        def call(ctx: Any) -> Any:
+            instance_id_: uuid.UUID = _convert(_uuid, instance_id, "path.instanceId")
+            body_: models.TerminalSessionCreate = _body(op, body)
+            return serialize(op, handler(ctx, instance_id=instance_id_, body=body_))
+
+        return invoke(op, call, body)
+
+    return create_terminal_session
 
 
 def _adapt_accept_invitation(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
@@ -1275,6 +2231,62 @@ def _adapt_remove_member(op: Operation, handler: Callable[..., Any], invoke: Inv
     return remove_member
 
 
+def _adapt_list_payment_methods(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def list_payment_methods(limit: Any = 50, cursor: Any = None) -> Any:
+        def call(ctx: Any) -> Any:
+            limit_: int = _convert(_int, limit, "query.limit")
+            cursor_: str | None = None if cursor is None else _convert(_str, cursor, "query.cursor")
+            return serialize(op, handler(ctx, limit=limit_, cursor=cursor_))
+
+        return invoke(op, call, None)
+
+    return list_payment_methods
+
+
+def _adapt_create_payment_method(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def create_payment_method(body: Any) -> Any:
+        def call(ctx: Any) -> Any:
+            body_: models.PaymentMethodCreate = _body(op, body)
+            return serialize(op, handler(ctx, body=body_))
+
+        return invoke(op, call, body)
+
+    return create_payment_method
+
+
+def _adapt_get_payment_method(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def get_payment_method(payment_method_id: Any) -> Any:
+        def call(ctx: Any) -> Any:
+            payment_method_id_: uuid.UUID = _convert(_uuid, payment_method_id, "path.paymentMethodId")
+            return serialize(op, handler(ctx, payment_method_id=payment_method_id_))
+
+        return invoke(op, call, None)
+
+    return get_payment_method
+
+
+def _adapt_delete_payment_method(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def delete_payment_method(payment_method_id: Any) -> Any:
+        def call(ctx: Any) -> Any:
+            payment_method_id_: uuid.UUID = _convert(_uuid, payment_method_id, "path.paymentMethodId")
+            return serialize(op, handler(ctx, payment_method_id=payment_method_id_))
+
+        return invoke(op, call, None)
+
+    return delete_payment_method
+
+
+def _adapt_receive_sandbox_webhook(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def receive_sandbox_webhook(body: Any) -> Any:
+        def call(ctx: Any) -> Any:
+            body_: models.SandboxEvent = _body(op, body)
+            return serialize(op, handler(ctx, body=body_))
+
+        return invoke(op, call, body)
+
+    return receive_sandbox_webhook
+
+
 def _adapt_list_regions(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
     def list_regions(limit: Any = 50, cursor: Any = None) -> Any:
         def call(ctx: Any) -> Any:
@@ -1298,6 +2310,277 @@ def _adapt_sign_up(op: Operation, handler: Callable[..., Any], invoke: Invoker) 
     return sign_up
 
 
+def _adapt_list_snapshots(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def list_snapshots(
+        limit: Any = 50, cursor: Any = None, volume_id: Any = None, region: Any = None, state: Any = None
+    ) -> Any:
+        def call(ctx: Any) -> Any:
+            limit_: int = _convert(_int, limit, "query.limit")
+            cursor_: str | None = None if cursor is None else _convert(_str, cursor, "query.cursor")
+            volume_id_: uuid.UUID | None = None if volume_id is None else _convert(_uuid, volume_id, "query.volume_id")
+            region_: str | None = None if region is None else _convert(_str, region, "query.region")
+            state_: models.SnapshotState | None = (
+                None if state is None else _convert(_enum(models.SnapshotState), state, "query.state")
+            )
+            return serialize(
+                op, handler(ctx, limit=limit_, cursor=cursor_, volume_id=volume_id_, region=region_, state=state_)
+            )
+
+        return invoke(op, call, None)
+
+    return list_snapshots
+
+
+def _adapt_get_snapshot(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def get_snapshot(snapshot_id: Any) -> Any:
+        def call(ctx: Any) -> Any:
+            snapshot_id_: uuid.UUID = _convert(_uuid, snapshot_id, "path.snapshotId")
+            return serialize(op, handler(ctx, snapshot_id=snapshot_id_))
+
+        return invoke(op, call, None)
+
+    return get_snapshot
+
+
+def _adapt_delete_snapshot(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def delete_snapshot(snapshot_id: Any) -> Any:
+        def call(ctx: Any) -> Any:
+            snapshot_id_: uuid.UUID = _convert(_uuid, snapshot_id, "path.snapshotId")
+            return serialize(op, handler(ctx, snapshot_id=snapshot_id_))
+
+        return invoke(op, call, None)
+
+    return delete_snapshot
+
+
+def _adapt_list_terminal_sessions(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def list_terminal_sessions(limit: Any = 50, cursor: Any = None, instance_id: Any = None, status: Any = None) -> Any:
+        def call(ctx: Any) -> Any:
+            limit_: int = _convert(_int, limit, "query.limit")
+            cursor_: str | None = None if cursor is None else _convert(_str, cursor, "query.cursor")
+            instance_id_: uuid.UUID | None = (
+                None if instance_id is None else _convert(_uuid, instance_id, "query.instance_id")
+            )
+            status_: models.TerminalSessionStatus | None = (
+                None if status is None else _convert(_enum(models.TerminalSessionStatus), status, "query.status")
+            )
+            return serialize(op, handler(ctx, limit=limit_, cursor=cursor_, instance_id=instance_id_, status=status_))
+
+        return invoke(op, call, None)
+
+    return list_terminal_sessions
+
+
+def _adapt_get_terminal_session(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def get_terminal_session(session_id: Any) -> Any:
+        def call(ctx: Any) -> Any:
+            session_id_: uuid.UUID = _convert(_uuid, session_id, "path.sessionId")
+            return serialize(op, handler(ctx, session_id=session_id_))
+
+        return invoke(op, call, None)
+
+    return get_terminal_session
+
+
+def _adapt_delete_terminal_session(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def delete_terminal_session(session_id: Any) -> Any:
+        def call(ctx: Any) -> Any:
+            session_id_: uuid.UUID = _convert(_uuid, session_id, "path.sessionId")
+            return serialize(op, handler(ctx, session_id=session_id_))
+
+        return invoke(op, call, None)
+
+    return delete_terminal_session
+
+
+def _adapt_list_top_ups(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def list_top_ups(limit: Any = 50, cursor: Any = None, status: Any = None) -> Any:
+        def call(ctx: Any) -> Any:
+            limit_: int = _convert(_int, limit, "query.limit")
+            cursor_: str | None = None if cursor is None else _convert(_str, cursor, "query.cursor")
+            status_: models.TopUpStatus | None = (
+                None if status is None else _convert(_enum(models.TopUpStatus), status, "query.status")
+            )
+            return serialize(op, handler(ctx, limit=limit_, cursor=cursor_, status=status_))
+
+        return invoke(op, call, None)
+
+    return list_top_ups
+
+
+def _adapt_create_top_up(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def create_top_up(body: Any) -> Any:
+        def call(ctx: Any) -> Any:
+            body_: models.TopUpCreate = _body(op, body)
+            return serialize(op, handler(ctx, body=body_))
+
+        return invoke(op, call, body)
+
+    return create_top_up
+
+
+def _adapt_get_top_up(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def get_top_up(top_up_id: Any) -> Any:
+        def call(ctx: Any) -> Any:
+            top_up_id_: uuid.UUID = _convert(_uuid, top_up_id, "path.topUpId")
+            return serialize(op, handler(ctx, top_up_id=top_up_id_))
+
+        return invoke(op, call, None)
+
+    return get_top_up
+
+
+def _adapt_cancel_top_up(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def cancel_top_up(top_up_id: Any) -> Any:
+        def call(ctx: Any) -> Any:
+            top_up_id_: uuid.UUID = _convert(_uuid, top_up_id, "path.topUpId")
+            return serialize(op, handler(ctx, top_up_id=top_up_id_))
+
+        return invoke(op, call, None)
+
+    return cancel_top_up
+
+
+def _adapt_confirm_top_up(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def confirm_top_up(top_up_id: Any) -> Any:
+        def call(ctx: Any) -> Any:
+            top_up_id_: uuid.UUID = _convert(_uuid, top_up_id, "path.topUpId")
+            return serialize(op, handler(ctx, top_up_id=top_up_id_))
+
+        return invoke(op, call, None)
+
+    return confirm_top_up
+
+
+def _adapt_list_refunds(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def list_refunds(top_up_id: Any, limit: Any = 50, cursor: Any = None) -> Any:
+        def call(ctx: Any) -> Any:
+            top_up_id_: uuid.UUID = _convert(_uuid, top_up_id, "path.topUpId")
+            limit_: int = _convert(_int, limit, "query.limit")
+            cursor_: str | None = None if cursor is None else _convert(_str, cursor, "query.cursor")
+            return serialize(op, handler(ctx, top_up_id=top_up_id_, limit=limit_, cursor=cursor_))
+
+        return invoke(op, call, None)
+
+    return list_refunds
+
+
+def _adapt_create_refund(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def create_refund(top_up_id: Any, body: Any) -> Any:
+        def call(ctx: Any) -> Any:
+            top_up_id_: uuid.UUID = _convert(_uuid, top_up_id, "path.topUpId")
+            body_: models.RefundCreate = _body(op, body)
+            return serialize(op, handler(ctx, top_up_id=top_up_id_, body=body_))
+
+        return invoke(op, call, body)
+
+    return create_refund
+
+
+def _adapt_get_volume_action(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def get_volume_action(volume_action_id: Any) -> Any:
+        def call(ctx: Any) -> Any:
+            volume_action_id_: uuid.UUID = _convert(_uuid, volume_action_id, "path.volumeActionId")
+            return serialize(op, handler(ctx, volume_action_id=volume_action_id_))
+
+        return invoke(op, call, None)
+
+    return get_volume_action
+
+
+def _adapt_list_volumes(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def list_volumes(
+        limit: Any = 50, cursor: Any = None, region: Any = None, state: Any = None, instance_id: Any = None
+    ) -> Any:
+        def call(ctx: Any) -> Any:
+            limit_: int = _convert(_int, limit, "query.limit")
+            cursor_: str | None = None if cursor is None else _convert(_str, cursor, "query.cursor")
+            region_: str | None = None if region is None else _convert(_str, region, "query.region")
+            state_: models.VolumeState | None = (
+                None if state is None else _convert(_enum(models.VolumeState), state, "query.state")
+            )
+            instance_id_: uuid.UUID | None = (
+                None if instance_id is None else _convert(_uuid, instance_id, "query.instance_id")
+            )
+            return serialize(
+                op, handler(ctx, limit=limit_, cursor=cursor_, region=region_, state=state_, instance_id=instance_id_)
+            )
+
+        return invoke(op, call, None)
+
+    return list_volumes
+
+
+def _adapt_create_volume(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def create_volume(body: Any) -> Any:
+        def call(ctx: Any) -> Any:
+            body_: models.VolumeCreate = _body(op, body)
+            return serialize(op, handler(ctx, body=body_))
+
+        return invoke(op, call, body)
+
+    return create_volume
+
+
+def _adapt_get_volume(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def get_volume(volume_id: Any) -> Any:
+        def call(ctx: Any) -> Any:
+            volume_id_: uuid.UUID = _convert(_uuid, volume_id, "path.volumeId")
+            return serialize(op, handler(ctx, volume_id=volume_id_))
+
+        return invoke(op, call, None)
+
+    return get_volume
+
+
+def _adapt_delete_volume(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def delete_volume(volume_id: Any) -> Any:
+        def call(ctx: Any) -> Any:
+            volume_id_: uuid.UUID = _convert(_uuid, volume_id, "path.volumeId")
+            return serialize(op, handler(ctx, volume_id=volume_id_))
+
+        return invoke(op, call, None)
+
+    return delete_volume
+
+
+def _adapt_list_volume_actions(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def list_volume_actions(volume_id: Any, limit: Any = 50, cursor: Any = None) -> Any:
+        def call(ctx: Any) -> Any:
+            volume_id_: uuid.UUID = _convert(_uuid, volume_id, "path.volumeId")
+            limit_: int = _convert(_int, limit, "query.limit")
+            cursor_: str | None = None if cursor is None else _convert(_str, cursor, "query.cursor")
+            return serialize(op, handler(ctx, volume_id=volume_id_, limit=limit_, cursor=cursor_))
+
+        return invoke(op, call, None)
+
+    return list_volume_actions
+
+
+def _adapt_create_volume_action(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def create_volume_action(volume_id: Any, body: Any) -> Any:
+        def call(ctx: Any) -> Any:
+            volume_id_: uuid.UUID = _convert(_uuid, volume_id, "path.volumeId")
+            body_: models.VolumeActionRequest = _body(op, body)
+            return serialize(op, handler(ctx, volume_id=volume_id_, body=body_))
+
+        return invoke(op, call, body)
+
+    return create_volume_action
+
+
+def _adapt_create_snapshot(op: Operation, handler: Callable[..., Any], invoke: Invoker) -> Callable[..., Any]:
+    def create_snapshot(volume_id: Any, body: Any) -> Any:
+        def call(ctx: Any) -> Any:
+            volume_id_: uuid.UUID = _convert(_uuid, volume_id, "path.volumeId")
+            body_: models.SnapshotCreate = _body(op, body)
+            return serialize(op, handler(ctx, volume_id=volume_id_, body=body_))
+
+        return invoke(op, call, body)
+
+    return create_snapshot
+
+
 _ADAPTERS: dict[str, Callable[[Operation, Callable[..., Any], Invoker], Callable[..., Any]]] = {
     "getAction": _adapt_get_action,
     "getCapacityReport": _adapt_get_capacity_report,
@@ -1308,10 +2591,19 @@ _ADAPTERS: dict[str, Callable[[Operation, Callable[..., Any], Invoker], Callable
     "drainHost": _adapt_drain_host,
     "updateHostInventory": _adapt_update_host_inventory,
     "markHostDown": _adapt_mark_host_down,
+    "getOrganizationBalance": _adapt_get_organization_balance,
+    "createCreditAdjustment": _adapt_create_credit_adjustment,
+    "setCreditLimit": _adapt_set_credit_limit,
     "listApiKeys": _adapt_list_api_keys,
     "createApiKey": _adapt_create_api_key,
     "getApiKey": _adapt_get_api_key,
     "revokeApiKey": _adapt_revoke_api_key,
+    "getBalance": _adapt_get_balance,
+    "listStatements": _adapt_list_statements,
+    "getStatement": _adapt_get_statement,
+    "listStatementLines": _adapt_list_statement_lines,
+    "listTransactions": _adapt_list_transactions,
+    "listUsage": _adapt_list_usage,
     "listImages": _adapt_list_images,
     "listInstanceTypes": _adapt_list_instance_types,
     "listInstances": _adapt_list_instances,
@@ -1320,6 +2612,7 @@ _ADAPTERS: dict[str, Callable[[Operation, Callable[..., Any], Invoker], Callable
     "terminateInstance": _adapt_terminate_instance,
     "listInstanceActions": _adapt_list_instance_actions,
     "createInstanceAction": _adapt_create_instance_action,
+    "createTerminalSession": _adapt_create_terminal_session,
     "acceptInvitation": _adapt_accept_invitation,
     "getMe": _adapt_get_me,
     "getOrganization": _adapt_get_organization,
@@ -1329,8 +2622,34 @@ _ADAPTERS: dict[str, Callable[[Operation, Callable[..., Any], Invoker], Callable
     "getMember": _adapt_get_member,
     "updateMember": _adapt_update_member,
     "removeMember": _adapt_remove_member,
+    "listPaymentMethods": _adapt_list_payment_methods,
+    "createPaymentMethod": _adapt_create_payment_method,
+    "getPaymentMethod": _adapt_get_payment_method,
+    "deletePaymentMethod": _adapt_delete_payment_method,
+    "receiveSandboxWebhook": _adapt_receive_sandbox_webhook,
     "listRegions": _adapt_list_regions,
     "signUp": _adapt_sign_up,
+    "listSnapshots": _adapt_list_snapshots,
+    "getSnapshot": _adapt_get_snapshot,
+    "deleteSnapshot": _adapt_delete_snapshot,
+    "listTerminalSessions": _adapt_list_terminal_sessions,
+    "getTerminalSession": _adapt_get_terminal_session,
+    "deleteTerminalSession": _adapt_delete_terminal_session,
+    "listTopUps": _adapt_list_top_ups,
+    "createTopUp": _adapt_create_top_up,
+    "getTopUp": _adapt_get_top_up,
+    "cancelTopUp": _adapt_cancel_top_up,
+    "confirmTopUp": _adapt_confirm_top_up,
+    "listRefunds": _adapt_list_refunds,
+    "createRefund": _adapt_create_refund,
+    "getVolumeAction": _adapt_get_volume_action,
+    "listVolumes": _adapt_list_volumes,
+    "createVolume": _adapt_create_volume,
+    "getVolume": _adapt_get_volume,
+    "deleteVolume": _adapt_delete_volume,
+    "listVolumeActions": _adapt_list_volume_actions,
+    "createVolumeAction": _adapt_create_volume_action,
+    "createSnapshot": _adapt_create_snapshot,
 }
 
 

@@ -86,7 +86,7 @@ class Flag:
     location: str  # "path" | "query" | "header" | "body"
     name: str  # the name in the spec ("apiKeyId", "scopes", "Idempotency-Key")
     sdk_arg: str | None  # the SDK function's keyword (parameters only)
-    kind: str  # "str" | "int" | "float" | "bool" | "uuid" | "money" (x-cli-money: decimal → cents)
+    kind: str  # "str" | "int" | "float" | "bool" | "uuid" | "date" | "money" (x-cli-money: decimal → cents)
     repeated: bool = False
     choices: tuple[str, ...] = ()
     required: bool = False  # argparse-level: a parameter with no default
@@ -199,6 +199,9 @@ def _scalar(spec: dict[str, Any], schema: Any) -> tuple[str, tuple[str, ...]] | 
         return None
     if kind == "str" and node.get("format") == "uuid":
         kind = "uuid"
+    # The SDK takes `format: date` as datetime.date (it calls .isoformat()), so the flag parses it.
+    if kind == "str" and node.get("format") == "date":
+        kind = "date"
     choices = tuple(str(v) for v in node.get("enum", ()))
     return kind, choices
 

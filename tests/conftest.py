@@ -333,7 +333,7 @@ def start_server(database_url: str, log: Path, **env: str) -> LiveServer:
     with log.open("wb") as out:
         process = subprocess.Popen(server_command(), cwd=ROOT, env=environment, stdout=out, stderr=subprocess.STDOUT)
     server = LiveServer(f"http://127.0.0.1:{port}", database_url, process, log)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"hangar-server exited with {process.returncode}:\n{server.output()}")

@@ -55,6 +55,43 @@ class ApiKeyRevokedEventDataReason(StrEnum):
     member_removed = "member_removed"
 
 
+class BalanceDepletedEventData(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    balance: Annotated[int, Field(ge=-9223372036854775807, le=9223372036854775807)]
+    """
+    The wallet's posted balance in minor units.
+    """
+    currency: Annotated[str, Field(max_length=3, min_length=3, pattern="^[A-Z]{3}$")]
+
+
+class BalanceLowEventData(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    balance: Annotated[int, Field(ge=-9223372036854775807, le=9223372036854775807)]
+    """
+    The wallet's posted balance in minor units (below zero only within an operator's credit limit).
+    """
+    currency: Annotated[str, Field(max_length=3, min_length=3, pattern="^[A-Z]{3}$")]
+    threshold: Annotated[int, Field(ge=0, le=9223372036854775807)]
+    """
+    The configured low-balance threshold, minor units.
+    """
+
+
+class CreditAdjustedEventDataDirection(StrEnum):
+    """
+    credit: promotions → wallet; debit: wallet → promotions.
+    """
+
+    credit = "credit"
+    debit = "debit"
+
+
 class InstanceStateChangedEventDataFromState(StrEnum):
     pending = "pending"
     provisioning = "provisioning"
@@ -100,6 +137,160 @@ class Role(StrEnum):
     member = "member"
     billing = "billing"
     viewer = "viewer"
+
+
+class VolumeAttachedEventData(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    instance_id: UUID
+    volume_id: UUID
+
+
+class VolumeAttachedEvent(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: VolumeAttachedEventData
+    id: UUID
+    """
+    The event's id; consumers deduplicate on it.
+    """
+    occurred_at: AwareDatetime
+    """
+    When the change was committed.
+    """
+    organization_id: UUID
+    type: Literal["volume.attached"]
+
+
+class VolumeCreatedEventData(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    name: Annotated[str, Field(max_length=63)]
+    region: Annotated[str, Field(max_length=32)]
+    size_gib: Annotated[int, Field(ge=1, le=16384)]
+    snapshot_id: UUID | None
+    volume_id: UUID
+
+
+class VolumeCreatedEvent(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: VolumeCreatedEventData
+    id: UUID
+    """
+    The event's id; consumers deduplicate on it.
+    """
+    occurred_at: AwareDatetime
+    """
+    When the change was committed.
+    """
+    organization_id: UUID
+    type: Literal["volume.created"]
+
+
+class VolumeDeletedEventData(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    volume_id: UUID
+
+
+class VolumeDeletedEvent(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: VolumeDeletedEventData
+    id: UUID
+    """
+    The event's id; consumers deduplicate on it.
+    """
+    occurred_at: AwareDatetime
+    """
+    When the change was committed.
+    """
+    organization_id: UUID
+    type: Literal["volume.deleted"]
+
+
+class VolumeDetachedEventData(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    instance_id: UUID
+    reason: Annotated[str | None, Field(max_length=500)]
+    volume_id: UUID
+
+
+class VolumeDetachedEvent(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: VolumeDetachedEventData
+    id: UUID
+    """
+    The event's id; consumers deduplicate on it.
+    """
+    occurred_at: AwareDatetime
+    """
+    When the change was committed.
+    """
+    organization_id: UUID
+    type: Literal["volume.detached"]
+
+
+class VolumeResizedEventData(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    previous_size_gib: Annotated[int, Field(ge=1, le=16384)]
+    size_gib: Annotated[int, Field(ge=1, le=16384)]
+    volume_id: UUID
+
+
+class VolumeResizedEvent(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: VolumeResizedEventData
+    id: UUID
+    """
+    The event's id; consumers deduplicate on it.
+    """
+    occurred_at: AwareDatetime
+    """
+    When the change was committed.
+    """
+    organization_id: UUID
+    type: Literal["volume.resized"]
+
+
+VolumeAttachedPayload = TypeAliasType("VolumeAttachedPayload", VolumeAttachedEvent)
+
+
+VolumeCreatedPayload = TypeAliasType("VolumeCreatedPayload", VolumeCreatedEvent)
+
+
+VolumeDeletedPayload = TypeAliasType("VolumeDeletedPayload", VolumeDeletedEvent)
+
+
+VolumeDetachedPayload = TypeAliasType("VolumeDetachedPayload", VolumeDetachedEvent)
+
+
+VolumeResizedPayload = TypeAliasType("VolumeResizedPayload", VolumeResizedEvent)
 
 
 class ActionCompletedEventData(WireModel):
@@ -252,6 +443,82 @@ class ApiKeyRevokedEvent(WireModel):
     """
     organization_id: UUID
     type: Literal["api_key.revoked"]
+
+
+class BalanceDepletedEvent(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: BalanceDepletedEventData
+    id: UUID
+    """
+    The event's id; consumers deduplicate on it.
+    """
+    occurred_at: AwareDatetime
+    """
+    When the change was committed.
+    """
+    organization_id: UUID
+    type: Literal["billing.balance_depleted"]
+
+
+class BalanceLowEvent(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: BalanceLowEventData
+    id: UUID
+    """
+    The event's id; consumers deduplicate on it.
+    """
+    occurred_at: AwareDatetime
+    """
+    When the change was committed.
+    """
+    organization_id: UUID
+    type: Literal["billing.balance_low"]
+
+
+class CreditAdjustedEventData(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    adjustment_id: UUID
+    amount: Annotated[int, Field(ge=1, le=9223372036854775807)]
+    """
+    Minor units.
+    """
+    balance: Annotated[int, Field(ge=-9223372036854775807, le=9223372036854775807)]
+    """
+    The wallet's posted balance after the adjustment, minor units.
+    """
+    currency: Annotated[str, Field(max_length=3, min_length=3, pattern="^[A-Z]{3}$")]
+    direction: CreditAdjustedEventDataDirection
+    """
+    credit: promotions → wallet; debit: wallet → promotions.
+    """
+    reason: Annotated[str, Field(max_length=255, min_length=1)]
+
+
+class CreditAdjustedEvent(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: CreditAdjustedEventData
+    id: UUID
+    """
+    The event's id; consumers deduplicate on it.
+    """
+    occurred_at: AwareDatetime
+    """
+    When the change was committed.
+    """
+    organization_id: UUID
+    type: Literal["credit.adjusted"]
 
 
 class InstanceFailedEventData(WireModel):
@@ -599,6 +866,245 @@ class OrganizationUpdatedEvent(WireModel):
     type: Literal["organization.updated"]
 
 
+class RefundSucceededEventData(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    amount: Annotated[int, Field(ge=1, le=1000000)]
+    balance_after: Annotated[int, Field(ge=-1000000000000, le=1000000000000)]
+    currency: Annotated[str, Field(max_length=3, min_length=3, pattern="^[A-Z]{3}$")]
+    refund_id: UUID
+    top_up_id: UUID
+
+
+class RefundSucceededEvent(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: RefundSucceededEventData
+    id: UUID
+    """
+    The event's id; consumers deduplicate on it.
+    """
+    occurred_at: AwareDatetime
+    """
+    When the change was committed.
+    """
+    organization_id: UUID
+    type: Literal["refund.succeeded"]
+
+
+class SnapshotCompletedEventData(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    size_gib: Annotated[int, Field(ge=1, le=16384)]
+    snapshot_id: UUID
+    volume_id: UUID
+
+
+class SnapshotCompletedEvent(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: SnapshotCompletedEventData
+    id: UUID
+    """
+    The event's id; consumers deduplicate on it.
+    """
+    occurred_at: AwareDatetime
+    """
+    When the change was committed.
+    """
+    organization_id: UUID
+    type: Literal["snapshot.completed"]
+
+
+class SnapshotDeletedEventData(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    snapshot_id: UUID
+
+
+class SnapshotDeletedEvent(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: SnapshotDeletedEventData
+    id: UUID
+    """
+    The event's id; consumers deduplicate on it.
+    """
+    occurred_at: AwareDatetime
+    """
+    When the change was committed.
+    """
+    organization_id: UUID
+    type: Literal["snapshot.deleted"]
+
+
+class TerminalSessionEndedEventData(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    api_key_id: UUID
+    bytes_in: Annotated[int, Field(ge=0, le=9007199254740991)]
+    bytes_out: Annotated[int, Field(ge=0, le=9007199254740991)]
+    duration_seconds: Annotated[float, Field(ge=0.0, le=1000000000.0)]
+    exit_code: Annotated[int | None, Field(ge=0, le=255)]
+    instance_id: UUID
+    reason: Annotated[str, Field(max_length=32, pattern="^[a-z_]+$")]
+    """
+    The end_reason of the session (see the OpenAPI TerminalSession).
+    """
+    session_id: UUID
+
+
+class TerminalSessionEndedEvent(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: TerminalSessionEndedEventData
+    id: UUID
+    """
+    The event's id; consumers deduplicate on it.
+    """
+    occurred_at: AwareDatetime
+    """
+    When the change was committed.
+    """
+    organization_id: UUID
+    type: Literal["terminal.session_ended"]
+
+
+class TerminalSessionStartedEventData(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    api_key_id: UUID
+    instance_id: UUID
+    interactive: bool
+    """
+    True for a login shell, false for a one-off command.
+    """
+    session_id: UUID
+
+
+class TerminalSessionStartedEvent(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: TerminalSessionStartedEventData
+    id: UUID
+    """
+    The event's id; consumers deduplicate on it.
+    """
+    occurred_at: AwareDatetime
+    """
+    When the change was committed.
+    """
+    organization_id: UUID
+    type: Literal["terminal.session_started"]
+
+
+class TopUpCanceledEventData(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    amount: Annotated[int, Field(ge=0, le=1000000)]
+    currency: Annotated[str, Field(max_length=3, min_length=3, pattern="^[A-Z]{3}$")]
+    top_up_id: UUID
+
+
+class TopUpCanceledEvent(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: TopUpCanceledEventData
+    id: UUID
+    """
+    The event's id; consumers deduplicate on it.
+    """
+    occurred_at: AwareDatetime
+    """
+    When the change was committed.
+    """
+    organization_id: UUID
+    type: Literal["top_up.canceled"]
+
+
+class TopUpFailedEventData(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    amount: Annotated[int, Field(ge=0, le=1000000)]
+    currency: Annotated[str, Field(max_length=3, min_length=3, pattern="^[A-Z]{3}$")]
+    failure_code: Annotated[str, Field(max_length=64, pattern="^[a-z_]+$")]
+    failure_message: Annotated[str, Field(max_length=500)]
+    top_up_id: UUID
+
+
+class TopUpFailedEvent(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: TopUpFailedEventData
+    id: UUID
+    """
+    The event's id; consumers deduplicate on it.
+    """
+    occurred_at: AwareDatetime
+    """
+    When the change was committed.
+    """
+    organization_id: UUID
+    type: Literal["top_up.failed"]
+
+
+class TopUpSucceededEventData(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    amount: Annotated[int, Field(ge=0, le=1000000)]
+    balance_after: Annotated[int, Field(ge=-1000000000000, le=1000000000000)]
+    currency: Annotated[str, Field(max_length=3, min_length=3, pattern="^[A-Z]{3}$")]
+    top_up_id: UUID
+
+
+class TopUpSucceededEvent(WireModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+    )
+    data: TopUpSucceededEventData
+    id: UUID
+    """
+    The event's id; consumers deduplicate on it.
+    """
+    occurred_at: AwareDatetime
+    """
+    When the change was committed.
+    """
+    organization_id: UUID
+    type: Literal["top_up.succeeded"]
+
+
 ActionCompletedPayload = TypeAliasType("ActionCompletedPayload", ActionCompletedEvent)
 
 
@@ -612,6 +1118,15 @@ ApiKeyCreatedPayload = TypeAliasType("ApiKeyCreatedPayload", ApiKeyCreatedEvent)
 
 
 ApiKeyRevokedPayload = TypeAliasType("ApiKeyRevokedPayload", ApiKeyRevokedEvent)
+
+
+BillingBalanceDepletedPayload = TypeAliasType("BillingBalanceDepletedPayload", BalanceDepletedEvent)
+
+
+BillingBalanceLowPayload = TypeAliasType("BillingBalanceLowPayload", BalanceLowEvent)
+
+
+CreditAdjustedPayload = TypeAliasType("CreditAdjustedPayload", CreditAdjustedEvent)
 
 
 InstanceFailedPayload = TypeAliasType("InstanceFailedPayload", InstanceFailedEvent)
@@ -648,3 +1163,27 @@ OrganizationCreatedPayload = TypeAliasType("OrganizationCreatedPayload", Organiz
 
 
 OrganizationUpdatedPayload = TypeAliasType("OrganizationUpdatedPayload", OrganizationUpdatedEvent)
+
+
+RefundSucceededPayload = TypeAliasType("RefundSucceededPayload", RefundSucceededEvent)
+
+
+SnapshotCompletedPayload = TypeAliasType("SnapshotCompletedPayload", SnapshotCompletedEvent)
+
+
+SnapshotDeletedPayload = TypeAliasType("SnapshotDeletedPayload", SnapshotDeletedEvent)
+
+
+TerminalSessionEndedPayload = TypeAliasType("TerminalSessionEndedPayload", TerminalSessionEndedEvent)
+
+
+TerminalSessionStartedPayload = TypeAliasType("TerminalSessionStartedPayload", TerminalSessionStartedEvent)
+
+
+TopUpCanceledPayload = TypeAliasType("TopUpCanceledPayload", TopUpCanceledEvent)
+
+
+TopUpFailedPayload = TypeAliasType("TopUpFailedPayload", TopUpFailedEvent)
+
+
+TopUpSucceededPayload = TypeAliasType("TopUpSucceededPayload", TopUpSucceededEvent)

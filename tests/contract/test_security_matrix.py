@@ -418,81 +418,6 @@ def test_the_same_request_with_the_right_key_succeeds(us: Party, op_id: str) -> 
     assert response.status_code == op.success_status, response.text
 
 
-# -- payments (helper C): payment methods, top-ups, refunds, the signed sandbox webhook ----------
-
-GOOD_CARD = "4242424242424242"
-
-
-def _payments_top_up(party: Party, *, confirm: bool) -> dict[str, Any]:
-    response = party.http.post(
-        "/v1/top-ups", json={"amount": 1000, "card": GOOD_CARD, "confirm": confirm}, headers=party.tenant.headers
-    )
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def _payments_method(party: Party) -> str:
-    response = party.http.post(
-        "/v1/payment-methods",
-        json={"number": GOOD_CARD, "exp_month": 12, "exp_year": 2099, "cvc": "123"},
-        headers=party.tenant.headers,
-    )
-    assert response.status_code == 201, response.text
-    return str(response.json()["id"])
-
-
-def _payments_refundable(party: Party, ids: dict[str, str]) -> dict[str, Any]:
-    """A refund body for ids["topUpId"], after confirming it and waiting for the provider's
-    webhook to make it succeed — when it is `party`'s; another tenant's id is left alone (the
-    404 under test)."""
-    top_up_id = ids["topUpId"]
-    if party.http.post(f"/v1/top-ups/{top_up_id}/confirm", headers=party.tenant.headers).status_code == 200:
-        deadline = time.monotonic() + 30
-        while party.http.get(f"/v1/top-ups/{top_up_id}", headers=party.tenant.headers).json()["status"] != "succeeded":
-            assert time.monotonic() < deadline, f"top-up {top_up_id} never succeeded"
-            time.sleep(0.02)
-    return {"amount": 100}
-
-
-def _payments_event(party: Party, ids: dict[str, str]) -> dict[str, Any]:
-    """A `succeeded` event for a fresh processing top-up of `party`'s (the sandbox's own event
-    for it may come first; then this one is recorded and ignored — still a 200)."""
-    top_up = _payments_top_up(party, confirm=True)
-    return {
-        "id": "evt_" + uuid.uuid4().hex,
-        "type": "top_up.succeeded",
-        "created": int(time.time()),
-        "data": {"top_up_id": top_up["id"], "amount": top_up["amount"], "currency": top_up["currency"]},
-    }
-
-
-# Public operations whose credential is a signature over the body: {operationId: raw → headers}.
-SIGNED: dict[str, Callable[[bytes], dict[str, str]]] = {
-    "receiveSandboxWebhook": lambda raw: {signing.HEADER: signing.sign(raw, PAYMENTS_WEBHOOK_SECRET, int(time.time()))},
-}
-PROVISION.update(
-    {
-        "paymentMethodId": _payments_method,
-        # requires_confirmation: confirm and cancel succeed on it; createRefund's body settles it first
-        "topUpId": lambda party: str(_payments_top_up(party, confirm=False)["id"]),
-    }
-)
-BODIES.update(
-    {
-        "createPaymentMethod": lambda party, ids: {
-            "number": GOOD_CARD,
-            "exp_month": 12,
-            "exp_year": 2099,
-            "cvc": "123",
-        },
-        "createTopUp": lambda party, ids: {"amount": 1000, "card": GOOD_CARD},
-        "createRefund": _payments_refundable,
-        "receiveSandboxWebhook": _payments_event,
-    }
-)
-
-
 # -- storage (helper E): volumes, their actions, snapshots ---------------------------------------
 
 
@@ -566,3 +491,78 @@ def _statement_id(party: Party) -> str:
 
 
 PROVISION.update({"statementId": _statement_id})
+
+
+# -- payments (helper C): payment methods, top-ups, refunds, the signed sandbox webhook ----------
+
+GOOD_CARD = "4242424242424242"
+
+
+def _payments_top_up(party: Party, *, confirm: bool) -> dict[str, Any]:
+    response = party.http.post(
+        "/v1/top-ups", json={"amount": 1000, "card": GOOD_CARD, "confirm": confirm}, headers=party.tenant.headers
+    )
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def _payments_method(party: Party) -> str:
+    response = party.http.post(
+        "/v1/payment-methods",
+        json={"number": GOOD_CARD, "exp_month": 12, "exp_year": 2099, "cvc": "123"},
+        headers=party.tenant.headers,
+    )
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def _payments_refundable(party: Party, ids: dict[str, str]) -> dict[str, Any]:
+    """A refund body for ids["topUpId"], after confirming it and waiting for the provider's
+    webhook to make it succeed — when it is `party`'s; another tenant's id is left alone (the
+    404 under test)."""
+    top_up_id = ids["topUpId"]
+    if party.http.post(f"/v1/top-ups/{top_up_id}/confirm", headers=party.tenant.headers).status_code == 200:
+        deadline = time.monotonic() + 30
+        while party.http.get(f"/v1/top-ups/{top_up_id}", headers=party.tenant.headers).json()["status"] != "succeeded":
+            assert time.monotonic() < deadline, f"top-up {top_up_id} never succeeded"
+            time.sleep(0.02)
+    return {"amount": 100}
+
+
+def _payments_event(party: Party, ids: dict[str, str]) -> dict[str, Any]:
+    """A `succeeded` event for a fresh processing top-up of `party`'s (the sandbox's own event
+    for it may come first; then this one is recorded and ignored — still a 200)."""
+    top_up = _payments_top_up(party, confirm=True)
+    return {
+        "id": "evt_" + uuid.uuid4().hex,
+        "type": "top_up.succeeded",
+        "created": int(time.time()),
+        "data": {"top_up_id": top_up["id"], "amount": top_up["amount"], "currency": top_up["currency"]},
+    }
+
+
+# Public operations whose credential is a signature over the body: {operationId: raw → headers}.
+SIGNED: dict[str, Callable[[bytes], dict[str, str]]] = {
+    "receiveSandboxWebhook": lambda raw: {signing.HEADER: signing.sign(raw, PAYMENTS_WEBHOOK_SECRET, int(time.time()))},
+}
+PROVISION.update(
+    {
+        "paymentMethodId": _payments_method,
+        # requires_confirmation: confirm and cancel succeed on it; createRefund's body settles it first
+        "topUpId": lambda party: str(_payments_top_up(party, confirm=False)["id"]),
+    }
+)
+BODIES.update(
+    {
+        "createPaymentMethod": lambda party, ids: {
+            "number": GOOD_CARD,
+            "exp_month": 12,
+            "exp_year": 2099,
+            "cvc": "123",
+        },
+        "createTopUp": lambda party, ids: {"amount": 1000, "card": GOOD_CARD},
+        "createRefund": _payments_refundable,
+        "receiveSandboxWebhook": _payments_event,
+    }
+)

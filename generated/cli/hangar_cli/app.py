@@ -10,6 +10,7 @@ not configured (the organization: asked from `GET /v1/me`), and waits (`hangar <
 
 from __future__ import annotations
 
+import datetime
 import getpass
 import importlib
 import json
@@ -21,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from hangar_cli import __version__, config, output, waiting
+from hangar_cli import __version__, config, output, stream, waiting
 from hangar_cli.commands import BY_OPERATION, PARAMETER_DEFAULTS
 from hangar_cli.model import Command, Flag
 from hangar_cli.parser import build_parser
@@ -164,6 +165,11 @@ def _body(command: Command, args: Any) -> Any:
             continue
         value = getattr(args, flag.dest, None)
         if value is not None:
+            # The SDK's from_dict reads the JSON shape: UUID and date flags go in as strings.
+            if isinstance(value, uuid.UUID):
+                value = str(value)
+            elif isinstance(value, datetime.date):
+                value = value.isoformat()
             body[flag.name] = value
         elif flag.secret and flag.name not in body and sys.stdin.isatty():
             body[flag.name] = getpass.getpass(f"{flag.name}: ")
@@ -207,7 +213,7 @@ def _paginate(session: Session, command: Command, kwargs: dict[str, Any], max_it
             return {"data": items, "next_cursor": cursor or None}
 
 
-def execute(command: Command, args: Any, fmt: str) -> int:
+def execute(command: Command, args: Any, fmt: str, remote: list[str] | None = None) -> int:
     settings = config.settings(getattr(args, "url", None))
     retries = getattr(args, "retries", None)
     if command.kind == "call" and getattr(args, "timeout", None) is not None and not getattr(args, "wait", False):
@@ -217,6 +223,8 @@ def execute(command: Command, args: Any, fmt: str) -> int:
         kwargs = _parameters(session, command, args)
         if command.kind == "wait":
             return waiting.wait_command(session, command, args, kwargs, fmt)
+        if command.kind == "stream":  # terminal / exec: stream.py attaches to the session
+            return stream.execute(session, command, kwargs, remote or [])
         if command.body_class:
             kwargs["body"] = _body(command, args)
         if command.paginated:
@@ -240,6 +248,8 @@ def execute(command: Command, args: Any, fmt: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    # `hangar instances exec ID -- ARGV…`: what follows `--` is the remote command, untouched.
+    argv, remote = stream.split_argv(sys.argv[1:] if argv is None else list(argv))
     args = parser.parse_args(argv)
     command: Command | None = getattr(args, "_command", None)
     if command is None:
@@ -247,15 +257,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     fmt = getattr(args, "output", None) or ("table" if sys.stdout.isatty() else "json")
     try:
-        return execute(command, args, fmt)
+        return execute(command, args, fmt, remote)
     except CliError as error:
         print(f"error: {error.message}", file=sys.stderr)
         for line in error.details:
             print(line, file=sys.stderr)
-        return error.code
+        return stream.FAILED if command.kind == "stream" and error.code == 1 else error.code
     except config.ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return stream.FAILED if command.kind == "stream" else 1
 
 
 def run() -> None:

@@ -14,7 +14,7 @@ class Flag:
     location: str  # "path" | "query" | "header" | "body"
     name: str  # the name in the spec ("apiKeyId", "scopes", "Idempotency-Key")
     sdk_arg: str | None  # the SDK function's keyword (parameters only)
-    kind: str  # "str" | "int" | "float" | "bool" | "uuid"
+    kind: str  # "str" | "int" | "float" | "bool" | "uuid" | "date" | "money" (a decimal, sent as cents)
     repeated: bool = False
     choices: tuple[str, ...] = ()
     required: bool = False
@@ -49,6 +49,7 @@ class Command:
     body_option: bool = True  # has --body when it has a body (not when a verb is the body's only field)
     waits_for: str | None = None  # "wait": the polled operation; "call": what --wait polls (x-cli.wait)
     wait_parameters: tuple[tuple[str, str], ...] = ()  # --wait: (parameter, JSON pointer into the response)
+    stream: Stream | None = None  # kind "stream": the session it attaches to (x-cli.stream; stream.py)
 
     @property
     def line(self) -> str:
@@ -68,3 +69,15 @@ class Waiter:
     error: str | None  # a response field {code, message} reported on failure
     busy: str | None  # a boolean response field; false = nothing will change the watched field
     wait_param: str  # the path parameter naming the resource ("actionId")
+
+
+@dataclass(frozen=True)
+class Stream:
+    """An operation's `x-cli.stream`: the websocket session a command attaches to (stream.py)."""
+
+    protocol: str  # the protocol module (generated from the AsyncAPI document): "terminal_protocol"
+    url: str  # JSON pointer into the operation's answer: the websocket URL
+    ticket: str  # JSON pointer into the answer: the ticket the auth frame presents
+    interactive: bool  # a login shell (True) or one command (exec: the argv after `--`)
+    argv_field: str | None = None  # exec: the request body field that takes the argv
+    size_fields: tuple[str, ...] = ()  # the request body fields that take the terminal's (cols, rows)

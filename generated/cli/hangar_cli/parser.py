@@ -9,6 +9,8 @@ above all — is printed exactly as generated.
 from __future__ import annotations
 
 import argparse
+import datetime
+import re
 import textwrap
 import uuid
 from typing import Any
@@ -36,7 +38,26 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
 
 
 FORMATTER = Formatter
-KINDS: dict[str, Any] = {"str": str, "int": int, "float": float}
+MONEY = re.compile(r"([0-9]{1,15})(?:\.([0-9]{1,2}))?")
+
+
+def _money(value: str) -> int:
+    """A decimal amount of money (`50`, `50.0`, `50.00`) as integer minor units (cents)."""
+    match = MONEY.fullmatch(value.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"not an amount of money with at most 2 decimals: {value!r} (e.g. 50.00)")
+    whole, fraction = match.groups()
+    return int(whole) * 100 + int((fraction or "0").ljust(2, "0"))
+
+
+def _date(value: str) -> datetime.date:
+    try:
+        return datetime.date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {value!r}") from None
+
+
+KINDS: dict[str, Any] = {"str": str, "int": int, "float": float, "money": _money, "date": _date}
 
 
 def _uuid(value: str) -> uuid.UUID:
@@ -142,6 +163,8 @@ def _add_command(subparsers: Any, command: Command) -> None:
             + f"seconds to wait at most (default: {WAIT_TIMEOUT})",
         )
     _common(leaf, leaf=True)
+    if command.stream is not None and not command.stream.interactive:  # exec: the remote argv after `--`
+        leaf.usage = leaf.format_usage().removeprefix("usage: ").strip() + " -- COMMAND [ARG ...]"
     leaf.set_defaults(_command=command)
 
 

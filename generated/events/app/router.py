@@ -571,6 +571,339 @@ class PublishapikeyrevokedRouter(Publisher[json.ApiKeyRevoked]):
         )
 
 
+class PublishbalancedepletedRouter(Publisher[json.BillingBalanceDepleted]):
+    """Published by the metering tick when the spendable balance cannot fund the next tick of the running resources (or a charge went uncollected); again only after it recovered or nothing runs any more."""
+
+    class Inputs(Publisher.Inputs):
+        """Base inputs (no channel parameters)."""
+
+        pass
+
+    def __init__(
+        self,
+        wire_factory: AbstractWireFactory[Any, Any],
+        codec_factory: CodecFactory[Any, Any],
+    ):
+        operation = spec.Operation(
+            action="send",
+            title=None,
+            summary=None,
+            description="Published by the metering tick when the spendable balance cannot fund the next tick of the running resources (or a charge went uncollected); again only after it recovered or nothing runs any more.",
+            channel=spec.Channel(
+                address="billing.billing.balance_depleted",
+                title=None,
+                summary=None,
+                description="An organization's balance can no longer fund its running resources; provisioning stops its instances.",
+                servers=[],
+                messages={
+                    "billingBalanceDepleted": spec.Message(
+                        content_type="application/json",
+                        headers=None,
+                        payload={"$ref": "#/components/schemas/BalanceDepletedEvent"},
+                        summary="An organization's balance can no longer fund its running resources; its instances are stopped.",
+                        name="billing.balance_depleted",
+                        title="Balance depleted",
+                        description=None,
+                        deprecated=None,
+                        correlation_id=None,
+                        tags=[],
+                        externalDocs=None,
+                        bindings=None,
+                        traits=[],
+                        key="",
+                    )
+                },
+                parameters={},
+                tags=[],
+                external_docs=None,
+                bindings=spec.ChannelBindings(
+                    http=None,
+                    amqp1=None,
+                    mqtt=None,
+                    nats=None,
+                    stomp=None,
+                    redis=None,
+                    solace=None,
+                    ws=None,
+                    amqp=spec.AmqpChannelBinding(
+                        type="routingKey",
+                        queue=None,
+                        exchange=spec.AmqpExchange(
+                            name="hangar.events",
+                            type=spec.AmqpExchangeType.TOPIC,
+                            durable=True,
+                            auto_delete=None,
+                            vhost="/",
+                            arguments=None,
+                        ),
+                        binding_version="0.3.0",
+                        extensions={},
+                    ),
+                    kafka=None,
+                    anypointmq=None,
+                    jms=None,
+                    sns=None,
+                    sqs=None,
+                    ibmmq=None,
+                    googlepubsub=None,
+                    pulsar=None,
+                ),
+                key="/ping/pubsub",
+            ),
+            messages=[
+                spec.Message(
+                    content_type="application/json",
+                    headers=None,
+                    payload={"$ref": "#/components/schemas/BalanceDepletedEvent"},
+                    summary="An organization's balance can no longer fund its running resources; its instances are stopped.",
+                    name="billing.balance_depleted",
+                    title="Balance depleted",
+                    description=None,
+                    deprecated=None,
+                    correlation_id=None,
+                    tags=[],
+                    externalDocs=None,
+                    bindings=None,
+                    traits=[],
+                    key="",
+                )
+            ],
+            reply=None,
+            traits=[],
+            security=[],
+            tags=[],
+            external_docs=None,
+            bindings=None,
+            key="publishBalanceDepleted",
+        )
+
+        super().__init__(
+            operation=operation, wire_factory=wire_factory, codec_factory=codec_factory
+        )
+
+
+class PublishbalancelowRouter(Publisher[json.BillingBalanceLow]):
+    """Published by the metering tick when a charge takes the spendable balance (posted + credit limit) below billing_low_balance_threshold; again only after it has recovered above it."""
+
+    class Inputs(Publisher.Inputs):
+        """Base inputs (no channel parameters)."""
+
+        pass
+
+    def __init__(
+        self,
+        wire_factory: AbstractWireFactory[Any, Any],
+        codec_factory: CodecFactory[Any, Any],
+    ):
+        operation = spec.Operation(
+            action="send",
+            title=None,
+            summary=None,
+            description="Published by the metering tick when a charge takes the spendable balance (posted + credit limit) below billing_low_balance_threshold; again only after it has recovered above it.",
+            channel=spec.Channel(
+                address="billing.billing.balance_low",
+                title=None,
+                summary=None,
+                description="An organization's spendable balance fell below the low-balance threshold (once per crossing).",
+                servers=[],
+                messages={
+                    "billingBalanceLow": spec.Message(
+                        content_type="application/json",
+                        headers=None,
+                        payload={"$ref": "#/components/schemas/BalanceLowEvent"},
+                        summary="An organization's spendable balance fell below the low-balance threshold.",
+                        name="billing.balance_low",
+                        title="Balance low",
+                        description=None,
+                        deprecated=None,
+                        correlation_id=None,
+                        tags=[],
+                        externalDocs=None,
+                        bindings=None,
+                        traits=[],
+                        key="",
+                    )
+                },
+                parameters={},
+                tags=[],
+                external_docs=None,
+                bindings=spec.ChannelBindings(
+                    http=None,
+                    amqp1=None,
+                    mqtt=None,
+                    nats=None,
+                    stomp=None,
+                    redis=None,
+                    solace=None,
+                    ws=None,
+                    amqp=spec.AmqpChannelBinding(
+                        type="routingKey",
+                        queue=None,
+                        exchange=spec.AmqpExchange(
+                            name="hangar.events",
+                            type=spec.AmqpExchangeType.TOPIC,
+                            durable=True,
+                            auto_delete=None,
+                            vhost="/",
+                            arguments=None,
+                        ),
+                        binding_version="0.3.0",
+                        extensions={},
+                    ),
+                    kafka=None,
+                    anypointmq=None,
+                    jms=None,
+                    sns=None,
+                    sqs=None,
+                    ibmmq=None,
+                    googlepubsub=None,
+                    pulsar=None,
+                ),
+                key="/ping/pubsub",
+            ),
+            messages=[
+                spec.Message(
+                    content_type="application/json",
+                    headers=None,
+                    payload={"$ref": "#/components/schemas/BalanceLowEvent"},
+                    summary="An organization's spendable balance fell below the low-balance threshold.",
+                    name="billing.balance_low",
+                    title="Balance low",
+                    description=None,
+                    deprecated=None,
+                    correlation_id=None,
+                    tags=[],
+                    externalDocs=None,
+                    bindings=None,
+                    traits=[],
+                    key="",
+                )
+            ],
+            reply=None,
+            traits=[],
+            security=[],
+            tags=[],
+            external_docs=None,
+            bindings=None,
+            key="publishBalanceLow",
+        )
+
+        super().__init__(
+            operation=operation, wire_factory=wire_factory, codec_factory=codec_factory
+        )
+
+
+class PublishcreditadjustedRouter(Publisher[json.CreditAdjusted]):
+    """Published by createCreditAdjustment, in the transaction that writes the adjustment's ledger transfer."""
+
+    class Inputs(Publisher.Inputs):
+        """Base inputs (no channel parameters)."""
+
+        pass
+
+    def __init__(
+        self,
+        wire_factory: AbstractWireFactory[Any, Any],
+        codec_factory: CodecFactory[Any, Any],
+    ):
+        operation = spec.Operation(
+            action="send",
+            title=None,
+            summary=None,
+            description="Published by createCreditAdjustment, in the transaction that writes the adjustment's ledger transfer.",
+            channel=spec.Channel(
+                address="billing.credit.adjusted",
+                title=None,
+                summary=None,
+                description="An operator credited or debited an organization's wallet (a credit adjustment).",
+                servers=[],
+                messages={
+                    "creditAdjusted": spec.Message(
+                        content_type="application/json",
+                        headers=None,
+                        payload={"$ref": "#/components/schemas/CreditAdjustedEvent"},
+                        summary="An operator credited or debited an organization's wallet.",
+                        name="credit.adjusted",
+                        title="Credit adjusted",
+                        description=None,
+                        deprecated=None,
+                        correlation_id=None,
+                        tags=[],
+                        externalDocs=None,
+                        bindings=None,
+                        traits=[],
+                        key="",
+                    )
+                },
+                parameters={},
+                tags=[],
+                external_docs=None,
+                bindings=spec.ChannelBindings(
+                    http=None,
+                    amqp1=None,
+                    mqtt=None,
+                    nats=None,
+                    stomp=None,
+                    redis=None,
+                    solace=None,
+                    ws=None,
+                    amqp=spec.AmqpChannelBinding(
+                        type="routingKey",
+                        queue=None,
+                        exchange=spec.AmqpExchange(
+                            name="hangar.events",
+                            type=spec.AmqpExchangeType.TOPIC,
+                            durable=True,
+                            auto_delete=None,
+                            vhost="/",
+                            arguments=None,
+                        ),
+                        binding_version="0.3.0",
+                        extensions={},
+                    ),
+                    kafka=None,
+                    anypointmq=None,
+                    jms=None,
+                    sns=None,
+                    sqs=None,
+                    ibmmq=None,
+                    googlepubsub=None,
+                    pulsar=None,
+                ),
+                key="/ping/pubsub",
+            ),
+            messages=[
+                spec.Message(
+                    content_type="application/json",
+                    headers=None,
+                    payload={"$ref": "#/components/schemas/CreditAdjustedEvent"},
+                    summary="An operator credited or debited an organization's wallet.",
+                    name="credit.adjusted",
+                    title="Credit adjusted",
+                    description=None,
+                    deprecated=None,
+                    correlation_id=None,
+                    tags=[],
+                    externalDocs=None,
+                    bindings=None,
+                    traits=[],
+                    key="",
+                )
+            ],
+            reply=None,
+            traits=[],
+            security=[],
+            tags=[],
+            external_docs=None,
+            bindings=None,
+            key="publishCreditAdjusted",
+        )
+
+        super().__init__(
+            operation=operation, wire_factory=wire_factory, codec_factory=codec_factory
+        )
+
+
 class PublishinstancefailedRouter(Publisher[json.InstanceFailed]):
     """Published by the provisioning saga after compensation, when no (further) host could run it."""
 
@@ -1911,6 +2244,1455 @@ class PublishorganizationupdatedRouter(Publisher[json.OrganizationUpdated]):
         )
 
 
+class PublishrefundsucceededRouter(Publisher[json.RefundSucceeded]):
+    """Published by createRefund."""
+
+    class Inputs(Publisher.Inputs):
+        """Base inputs (no channel parameters)."""
+
+        pass
+
+    def __init__(
+        self,
+        wire_factory: AbstractWireFactory[Any, Any],
+        codec_factory: CodecFactory[Any, Any],
+    ):
+        operation = spec.Operation(
+            action="send",
+            title=None,
+            summary=None,
+            description="Published by createRefund.",
+            channel=spec.Channel(
+                address="payments.refund.succeeded",
+                title=None,
+                summary=None,
+                description="(Part of) a top-up was refunded; the wallet was debited in the same transaction.",
+                servers=[],
+                messages={
+                    "refundSucceeded": spec.Message(
+                        content_type="application/json",
+                        headers=None,
+                        payload={"$ref": "#/components/schemas/RefundSucceededEvent"},
+                        summary="(Part of) a top-up was refunded; the wallet was debited in the same transaction.",
+                        name="refund.succeeded",
+                        title="Refund succeeded",
+                        description=None,
+                        deprecated=None,
+                        correlation_id=None,
+                        tags=[],
+                        externalDocs=None,
+                        bindings=None,
+                        traits=[],
+                        key="",
+                    )
+                },
+                parameters={},
+                tags=[],
+                external_docs=None,
+                bindings=spec.ChannelBindings(
+                    http=None,
+                    amqp1=None,
+                    mqtt=None,
+                    nats=None,
+                    stomp=None,
+                    redis=None,
+                    solace=None,
+                    ws=None,
+                    amqp=spec.AmqpChannelBinding(
+                        type="routingKey",
+                        queue=None,
+                        exchange=spec.AmqpExchange(
+                            name="hangar.events",
+                            type=spec.AmqpExchangeType.TOPIC,
+                            durable=True,
+                            auto_delete=None,
+                            vhost="/",
+                            arguments=None,
+                        ),
+                        binding_version="0.3.0",
+                        extensions={},
+                    ),
+                    kafka=None,
+                    anypointmq=None,
+                    jms=None,
+                    sns=None,
+                    sqs=None,
+                    ibmmq=None,
+                    googlepubsub=None,
+                    pulsar=None,
+                ),
+                key="/ping/pubsub",
+            ),
+            messages=[
+                spec.Message(
+                    content_type="application/json",
+                    headers=None,
+                    payload={"$ref": "#/components/schemas/RefundSucceededEvent"},
+                    summary="(Part of) a top-up was refunded; the wallet was debited in the same transaction.",
+                    name="refund.succeeded",
+                    title="Refund succeeded",
+                    description=None,
+                    deprecated=None,
+                    correlation_id=None,
+                    tags=[],
+                    externalDocs=None,
+                    bindings=None,
+                    traits=[],
+                    key="",
+                )
+            ],
+            reply=None,
+            traits=[],
+            security=[],
+            tags=[],
+            external_docs=None,
+            bindings=None,
+            key="publishRefundSucceeded",
+        )
+
+        super().__init__(
+            operation=operation, wire_factory=wire_factory, codec_factory=codec_factory
+        )
+
+
+class PublishsnapshotcompletedRouter(Publisher[json.SnapshotCompleted]):
+    """Published by the storage runner when a snapshot completes."""
+
+    class Inputs(Publisher.Inputs):
+        """Base inputs (no channel parameters)."""
+
+        pass
+
+    def __init__(
+        self,
+        wire_factory: AbstractWireFactory[Any, Any],
+        codec_factory: CodecFactory[Any, Any],
+    ):
+        operation = spec.Operation(
+            action="send",
+            title=None,
+            summary=None,
+            description="Published by the storage runner when a snapshot completes.",
+            channel=spec.Channel(
+                address="storage.snapshot.completed",
+                title=None,
+                summary=None,
+                description="A snapshot of a volume was taken and is available to restore from.",
+                servers=[],
+                messages={
+                    "snapshotCompleted": spec.Message(
+                        content_type="application/json",
+                        headers=None,
+                        payload={"$ref": "#/components/schemas/SnapshotCompletedEvent"},
+                        summary="A snapshot of a volume was taken and is available to restore from.",
+                        name="snapshot.completed",
+                        title="Snapshot completed",
+                        description=None,
+                        deprecated=None,
+                        correlation_id=None,
+                        tags=[],
+                        externalDocs=None,
+                        bindings=None,
+                        traits=[],
+                        key="",
+                    )
+                },
+                parameters={},
+                tags=[],
+                external_docs=None,
+                bindings=spec.ChannelBindings(
+                    http=None,
+                    amqp1=None,
+                    mqtt=None,
+                    nats=None,
+                    stomp=None,
+                    redis=None,
+                    solace=None,
+                    ws=None,
+                    amqp=spec.AmqpChannelBinding(
+                        type="routingKey",
+                        queue=None,
+                        exchange=spec.AmqpExchange(
+                            name="hangar.events",
+                            type=spec.AmqpExchangeType.TOPIC,
+                            durable=True,
+                            auto_delete=None,
+                            vhost="/",
+                            arguments=None,
+                        ),
+                        binding_version="0.3.0",
+                        extensions={},
+                    ),
+                    kafka=None,
+                    anypointmq=None,
+                    jms=None,
+                    sns=None,
+                    sqs=None,
+                    ibmmq=None,
+                    googlepubsub=None,
+                    pulsar=None,
+                ),
+                key="/ping/pubsub",
+            ),
+            messages=[
+                spec.Message(
+                    content_type="application/json",
+                    headers=None,
+                    payload={"$ref": "#/components/schemas/SnapshotCompletedEvent"},
+                    summary="A snapshot of a volume was taken and is available to restore from.",
+                    name="snapshot.completed",
+                    title="Snapshot completed",
+                    description=None,
+                    deprecated=None,
+                    correlation_id=None,
+                    tags=[],
+                    externalDocs=None,
+                    bindings=None,
+                    traits=[],
+                    key="",
+                )
+            ],
+            reply=None,
+            traits=[],
+            security=[],
+            tags=[],
+            external_docs=None,
+            bindings=None,
+            key="publishSnapshotCompleted",
+        )
+
+        super().__init__(
+            operation=operation, wire_factory=wire_factory, codec_factory=codec_factory
+        )
+
+
+class PublishsnapshotdeletedRouter(Publisher[json.SnapshotDeleted]):
+    """Published by the storage runner when a snapshot delete completes."""
+
+    class Inputs(Publisher.Inputs):
+        """Base inputs (no channel parameters)."""
+
+        pass
+
+    def __init__(
+        self,
+        wire_factory: AbstractWireFactory[Any, Any],
+        codec_factory: CodecFactory[Any, Any],
+    ):
+        operation = spec.Operation(
+            action="send",
+            title=None,
+            summary=None,
+            description="Published by the storage runner when a snapshot delete completes.",
+            channel=spec.Channel(
+                address="storage.snapshot.deleted",
+                title=None,
+                summary=None,
+                description="A snapshot's data was removed.",
+                servers=[],
+                messages={
+                    "snapshotDeleted": spec.Message(
+                        content_type="application/json",
+                        headers=None,
+                        payload={"$ref": "#/components/schemas/SnapshotDeletedEvent"},
+                        summary="A snapshot's data was removed.",
+                        name="snapshot.deleted",
+                        title="Snapshot deleted",
+                        description=None,
+                        deprecated=None,
+                        correlation_id=None,
+                        tags=[],
+                        externalDocs=None,
+                        bindings=None,
+                        traits=[],
+                        key="",
+                    )
+                },
+                parameters={},
+                tags=[],
+                external_docs=None,
+                bindings=spec.ChannelBindings(
+                    http=None,
+                    amqp1=None,
+                    mqtt=None,
+                    nats=None,
+                    stomp=None,
+                    redis=None,
+                    solace=None,
+                    ws=None,
+                    amqp=spec.AmqpChannelBinding(
+                        type="routingKey",
+                        queue=None,
+                        exchange=spec.AmqpExchange(
+                            name="hangar.events",
+                            type=spec.AmqpExchangeType.TOPIC,
+                            durable=True,
+                            auto_delete=None,
+                            vhost="/",
+                            arguments=None,
+                        ),
+                        binding_version="0.3.0",
+                        extensions={},
+                    ),
+                    kafka=None,
+                    anypointmq=None,
+                    jms=None,
+                    sns=None,
+                    sqs=None,
+                    ibmmq=None,
+                    googlepubsub=None,
+                    pulsar=None,
+                ),
+                key="/ping/pubsub",
+            ),
+            messages=[
+                spec.Message(
+                    content_type="application/json",
+                    headers=None,
+                    payload={"$ref": "#/components/schemas/SnapshotDeletedEvent"},
+                    summary="A snapshot's data was removed.",
+                    name="snapshot.deleted",
+                    title="Snapshot deleted",
+                    description=None,
+                    deprecated=None,
+                    correlation_id=None,
+                    tags=[],
+                    externalDocs=None,
+                    bindings=None,
+                    traits=[],
+                    key="",
+                )
+            ],
+            reply=None,
+            traits=[],
+            security=[],
+            tags=[],
+            external_docs=None,
+            bindings=None,
+            key="publishSnapshotDeleted",
+        )
+
+        super().__init__(
+            operation=operation, wire_factory=wire_factory, codec_factory=codec_factory
+        )
+
+
+class PublishterminalsessionendedRouter(Publisher[json.TerminalSessionEnded]):
+    """Published by the terminal gateway (or the sweeper, for a session whose gateway died) when a started session ends."""
+
+    class Inputs(Publisher.Inputs):
+        """Base inputs (no channel parameters)."""
+
+        pass
+
+    def __init__(
+        self,
+        wire_factory: AbstractWireFactory[Any, Any],
+        codec_factory: CodecFactory[Any, Any],
+    ):
+        operation = spec.Operation(
+            action="send",
+            title=None,
+            summary=None,
+            description="Published by the terminal gateway (or the sweeper, for a session whose gateway died) when a started session ends.",
+            channel=spec.Channel(
+                address="terminal.terminal.session_ended",
+                title=None,
+                summary=None,
+                description="A started terminal session ended (the shell exited, the client left, a limit was reached, the instance stopped, …).",
+                servers=[],
+                messages={
+                    "terminalSessionEnded": spec.Message(
+                        content_type="application/json",
+                        headers=None,
+                        payload={
+                            "$ref": "#/components/schemas/TerminalSessionEndedEvent"
+                        },
+                        summary="A started terminal session ended; why, with its exit code and byte counts.",
+                        name="terminal.session_ended",
+                        title="Terminal session ended",
+                        description=None,
+                        deprecated=None,
+                        correlation_id=None,
+                        tags=[],
+                        externalDocs=None,
+                        bindings=None,
+                        traits=[],
+                        key="",
+                    )
+                },
+                parameters={},
+                tags=[],
+                external_docs=None,
+                bindings=spec.ChannelBindings(
+                    http=None,
+                    amqp1=None,
+                    mqtt=None,
+                    nats=None,
+                    stomp=None,
+                    redis=None,
+                    solace=None,
+                    ws=None,
+                    amqp=spec.AmqpChannelBinding(
+                        type="routingKey",
+                        queue=None,
+                        exchange=spec.AmqpExchange(
+                            name="hangar.events",
+                            type=spec.AmqpExchangeType.TOPIC,
+                            durable=True,
+                            auto_delete=None,
+                            vhost="/",
+                            arguments=None,
+                        ),
+                        binding_version="0.3.0",
+                        extensions={},
+                    ),
+                    kafka=None,
+                    anypointmq=None,
+                    jms=None,
+                    sns=None,
+                    sqs=None,
+                    ibmmq=None,
+                    googlepubsub=None,
+                    pulsar=None,
+                ),
+                key="/ping/pubsub",
+            ),
+            messages=[
+                spec.Message(
+                    content_type="application/json",
+                    headers=None,
+                    payload={"$ref": "#/components/schemas/TerminalSessionEndedEvent"},
+                    summary="A started terminal session ended; why, with its exit code and byte counts.",
+                    name="terminal.session_ended",
+                    title="Terminal session ended",
+                    description=None,
+                    deprecated=None,
+                    correlation_id=None,
+                    tags=[],
+                    externalDocs=None,
+                    bindings=None,
+                    traits=[],
+                    key="",
+                )
+            ],
+            reply=None,
+            traits=[],
+            security=[],
+            tags=[],
+            external_docs=None,
+            bindings=None,
+            key="publishTerminalSessionEnded",
+        )
+
+        super().__init__(
+            operation=operation, wire_factory=wire_factory, codec_factory=codec_factory
+        )
+
+
+class PublishterminalsessionstartedRouter(Publisher[json.TerminalSessionStarted]):
+    """Published by the terminal gateway when it accepts a ticket, in the transaction that makes the session active."""
+
+    class Inputs(Publisher.Inputs):
+        """Base inputs (no channel parameters)."""
+
+        pass
+
+    def __init__(
+        self,
+        wire_factory: AbstractWireFactory[Any, Any],
+        codec_factory: CodecFactory[Any, Any],
+    ):
+        operation = spec.Operation(
+            action="send",
+            title=None,
+            summary=None,
+            description="Published by the terminal gateway when it accepts a ticket, in the transaction that makes the session active.",
+            channel=spec.Channel(
+                address="terminal.terminal.session_started",
+                title=None,
+                summary=None,
+                description="A client presented a valid ticket and a shell (or command) started in the instance.",
+                servers=[],
+                messages={
+                    "terminalSessionStarted": spec.Message(
+                        content_type="application/json",
+                        headers=None,
+                        payload={
+                            "$ref": "#/components/schemas/TerminalSessionStartedEvent"
+                        },
+                        summary="A client presented a valid ticket and a shell (or command) started in the instance.",
+                        name="terminal.session_started",
+                        title="Terminal session started",
+                        description=None,
+                        deprecated=None,
+                        correlation_id=None,
+                        tags=[],
+                        externalDocs=None,
+                        bindings=None,
+                        traits=[],
+                        key="",
+                    )
+                },
+                parameters={},
+                tags=[],
+                external_docs=None,
+                bindings=spec.ChannelBindings(
+                    http=None,
+                    amqp1=None,
+                    mqtt=None,
+                    nats=None,
+                    stomp=None,
+                    redis=None,
+                    solace=None,
+                    ws=None,
+                    amqp=spec.AmqpChannelBinding(
+                        type="routingKey",
+                        queue=None,
+                        exchange=spec.AmqpExchange(
+                            name="hangar.events",
+                            type=spec.AmqpExchangeType.TOPIC,
+                            durable=True,
+                            auto_delete=None,
+                            vhost="/",
+                            arguments=None,
+                        ),
+                        binding_version="0.3.0",
+                        extensions={},
+                    ),
+                    kafka=None,
+                    anypointmq=None,
+                    jms=None,
+                    sns=None,
+                    sqs=None,
+                    ibmmq=None,
+                    googlepubsub=None,
+                    pulsar=None,
+                ),
+                key="/ping/pubsub",
+            ),
+            messages=[
+                spec.Message(
+                    content_type="application/json",
+                    headers=None,
+                    payload={
+                        "$ref": "#/components/schemas/TerminalSessionStartedEvent"
+                    },
+                    summary="A client presented a valid ticket and a shell (or command) started in the instance.",
+                    name="terminal.session_started",
+                    title="Terminal session started",
+                    description=None,
+                    deprecated=None,
+                    correlation_id=None,
+                    tags=[],
+                    externalDocs=None,
+                    bindings=None,
+                    traits=[],
+                    key="",
+                )
+            ],
+            reply=None,
+            traits=[],
+            security=[],
+            tags=[],
+            external_docs=None,
+            bindings=None,
+            key="publishTerminalSessionStarted",
+        )
+
+        super().__init__(
+            operation=operation, wire_factory=wire_factory, codec_factory=codec_factory
+        )
+
+
+class PublishtopupcanceledRouter(Publisher[json.TopUpCanceled]):
+    """Published by cancelTopUp."""
+
+    class Inputs(Publisher.Inputs):
+        """Base inputs (no channel parameters)."""
+
+        pass
+
+    def __init__(
+        self,
+        wire_factory: AbstractWireFactory[Any, Any],
+        codec_factory: CodecFactory[Any, Any],
+    ):
+        operation = spec.Operation(
+            action="send",
+            title=None,
+            summary=None,
+            description="Published by cancelTopUp.",
+            channel=spec.Channel(
+                address="payments.top_up.canceled",
+                title=None,
+                summary=None,
+                description="A top-up was canceled before it was charged.",
+                servers=[],
+                messages={
+                    "topUpCanceled": spec.Message(
+                        content_type="application/json",
+                        headers=None,
+                        payload={"$ref": "#/components/schemas/TopUpCanceledEvent"},
+                        summary="A top-up was canceled before it was charged.",
+                        name="top_up.canceled",
+                        title="Top-up canceled",
+                        description=None,
+                        deprecated=None,
+                        correlation_id=None,
+                        tags=[],
+                        externalDocs=None,
+                        bindings=None,
+                        traits=[],
+                        key="",
+                    )
+                },
+                parameters={},
+                tags=[],
+                external_docs=None,
+                bindings=spec.ChannelBindings(
+                    http=None,
+                    amqp1=None,
+                    mqtt=None,
+                    nats=None,
+                    stomp=None,
+                    redis=None,
+                    solace=None,
+                    ws=None,
+                    amqp=spec.AmqpChannelBinding(
+                        type="routingKey",
+                        queue=None,
+                        exchange=spec.AmqpExchange(
+                            name="hangar.events",
+                            type=spec.AmqpExchangeType.TOPIC,
+                            durable=True,
+                            auto_delete=None,
+                            vhost="/",
+                            arguments=None,
+                        ),
+                        binding_version="0.3.0",
+                        extensions={},
+                    ),
+                    kafka=None,
+                    anypointmq=None,
+                    jms=None,
+                    sns=None,
+                    sqs=None,
+                    ibmmq=None,
+                    googlepubsub=None,
+                    pulsar=None,
+                ),
+                key="/ping/pubsub",
+            ),
+            messages=[
+                spec.Message(
+                    content_type="application/json",
+                    headers=None,
+                    payload={"$ref": "#/components/schemas/TopUpCanceledEvent"},
+                    summary="A top-up was canceled before it was charged.",
+                    name="top_up.canceled",
+                    title="Top-up canceled",
+                    description=None,
+                    deprecated=None,
+                    correlation_id=None,
+                    tags=[],
+                    externalDocs=None,
+                    bindings=None,
+                    traits=[],
+                    key="",
+                )
+            ],
+            reply=None,
+            traits=[],
+            security=[],
+            tags=[],
+            external_docs=None,
+            bindings=None,
+            key="publishTopUpCanceled",
+        )
+
+        super().__init__(
+            operation=operation, wire_factory=wire_factory, codec_factory=codec_factory
+        )
+
+
+class PublishtopupfailedRouter(Publisher[json.TopUpFailed]):
+    """Published by createTopUp and confirmTopUp (a declined card) and by receiveSandboxWebhook (a verified `failed`)."""
+
+    class Inputs(Publisher.Inputs):
+        """Base inputs (no channel parameters)."""
+
+        pass
+
+    def __init__(
+        self,
+        wire_factory: AbstractWireFactory[Any, Any],
+        codec_factory: CodecFactory[Any, Any],
+    ):
+        operation = spec.Operation(
+            action="send",
+            title=None,
+            summary=None,
+            description="Published by createTopUp and confirmTopUp (a declined card) and by receiveSandboxWebhook (a verified `failed`).",
+            channel=spec.Channel(
+                address="payments.top_up.failed",
+                title=None,
+                summary=None,
+                description="A top-up failed: declined at confirmation, or reported failed by the provider's webhook.",
+                servers=[],
+                messages={
+                    "topUpFailed": spec.Message(
+                        content_type="application/json",
+                        headers=None,
+                        payload={"$ref": "#/components/schemas/TopUpFailedEvent"},
+                        summary="A top-up failed: declined at confirmation, or reported failed by the provider's webhook.",
+                        name="top_up.failed",
+                        title="Top-up failed",
+                        description=None,
+                        deprecated=None,
+                        correlation_id=None,
+                        tags=[],
+                        externalDocs=None,
+                        bindings=None,
+                        traits=[],
+                        key="",
+                    )
+                },
+                parameters={},
+                tags=[],
+                external_docs=None,
+                bindings=spec.ChannelBindings(
+                    http=None,
+                    amqp1=None,
+                    mqtt=None,
+                    nats=None,
+                    stomp=None,
+                    redis=None,
+                    solace=None,
+                    ws=None,
+                    amqp=spec.AmqpChannelBinding(
+                        type="routingKey",
+                        queue=None,
+                        exchange=spec.AmqpExchange(
+                            name="hangar.events",
+                            type=spec.AmqpExchangeType.TOPIC,
+                            durable=True,
+                            auto_delete=None,
+                            vhost="/",
+                            arguments=None,
+                        ),
+                        binding_version="0.3.0",
+                        extensions={},
+                    ),
+                    kafka=None,
+                    anypointmq=None,
+                    jms=None,
+                    sns=None,
+                    sqs=None,
+                    ibmmq=None,
+                    googlepubsub=None,
+                    pulsar=None,
+                ),
+                key="/ping/pubsub",
+            ),
+            messages=[
+                spec.Message(
+                    content_type="application/json",
+                    headers=None,
+                    payload={"$ref": "#/components/schemas/TopUpFailedEvent"},
+                    summary="A top-up failed: declined at confirmation, or reported failed by the provider's webhook.",
+                    name="top_up.failed",
+                    title="Top-up failed",
+                    description=None,
+                    deprecated=None,
+                    correlation_id=None,
+                    tags=[],
+                    externalDocs=None,
+                    bindings=None,
+                    traits=[],
+                    key="",
+                )
+            ],
+            reply=None,
+            traits=[],
+            security=[],
+            tags=[],
+            external_docs=None,
+            bindings=None,
+            key="publishTopUpFailed",
+        )
+
+        super().__init__(
+            operation=operation, wire_factory=wire_factory, codec_factory=codec_factory
+        )
+
+
+class PublishtopupsucceededRouter(Publisher[json.TopUpSucceeded]):
+    """Published by receiveSandboxWebhook (the sandbox provider's webhook; createTopUp and confirmTopUp cause it) when a verified `succeeded` credits the wallet."""
+
+    class Inputs(Publisher.Inputs):
+        """Base inputs (no channel parameters)."""
+
+        pass
+
+    def __init__(
+        self,
+        wire_factory: AbstractWireFactory[Any, Any],
+        codec_factory: CodecFactory[Any, Any],
+    ):
+        operation = spec.Operation(
+            action="send",
+            title=None,
+            summary=None,
+            description="Published by receiveSandboxWebhook (the sandbox provider's webhook; createTopUp and confirmTopUp cause it) when a verified `succeeded` credits the wallet.",
+            channel=spec.Channel(
+                address="payments.top_up.succeeded",
+                title=None,
+                summary=None,
+                description="A verified provider webhook reported a top-up paid; the wallet was credited in the same transaction.",
+                servers=[],
+                messages={
+                    "topUpSucceeded": spec.Message(
+                        content_type="application/json",
+                        headers=None,
+                        payload={"$ref": "#/components/schemas/TopUpSucceededEvent"},
+                        summary="A verified provider webhook reported a top-up paid; the wallet was credited in the same transaction.",
+                        name="top_up.succeeded",
+                        title="Top-up succeeded",
+                        description=None,
+                        deprecated=None,
+                        correlation_id=None,
+                        tags=[],
+                        externalDocs=None,
+                        bindings=None,
+                        traits=[],
+                        key="",
+                    )
+                },
+                parameters={},
+                tags=[],
+                external_docs=None,
+                bindings=spec.ChannelBindings(
+                    http=None,
+                    amqp1=None,
+                    mqtt=None,
+                    nats=None,
+                    stomp=None,
+                    redis=None,
+                    solace=None,
+                    ws=None,
+                    amqp=spec.AmqpChannelBinding(
+                        type="routingKey",
+                        queue=None,
+                        exchange=spec.AmqpExchange(
+                            name="hangar.events",
+                            type=spec.AmqpExchangeType.TOPIC,
+                            durable=True,
+                            auto_delete=None,
+                            vhost="/",
+                            arguments=None,
+                        ),
+                        binding_version="0.3.0",
+                        extensions={},
+                    ),
+                    kafka=None,
+                    anypointmq=None,
+                    jms=None,
+                    sns=None,
+                    sqs=None,
+                    ibmmq=None,
+                    googlepubsub=None,
+                    pulsar=None,
+                ),
+                key="/ping/pubsub",
+            ),
+            messages=[
+                spec.Message(
+                    content_type="application/json",
+                    headers=None,
+                    payload={"$ref": "#/components/schemas/TopUpSucceededEvent"},
+                    summary="A verified provider webhook reported a top-up paid; the wallet was credited in the same transaction.",
+                    name="top_up.succeeded",
+                    title="Top-up succeeded",
+                    description=None,
+                    deprecated=None,
+                    correlation_id=None,
+                    tags=[],
+                    externalDocs=None,
+                    bindings=None,
+                    traits=[],
+                    key="",
+                )
+            ],
+            reply=None,
+            traits=[],
+            security=[],
+            tags=[],
+            external_docs=None,
+            bindings=None,
+            key="publishTopUpSucceeded",
+        )
+
+        super().__init__(
+            operation=operation, wire_factory=wire_factory, codec_factory=codec_factory
+        )
+
+
+class PublishvolumeattachedRouter(Publisher[json.VolumeAttached]):
+    """Published by the storage runner when an attach completes."""
+
+    class Inputs(Publisher.Inputs):
+        """Base inputs (no channel parameters)."""
+
+        pass
+
+    def __init__(
+        self,
+        wire_factory: AbstractWireFactory[Any, Any],
+        codec_factory: CodecFactory[Any, Any],
+    ):
+        operation = spec.Operation(
+            action="send",
+            title=None,
+            summary=None,
+            description="Published by the storage runner when an attach completes.",
+            channel=spec.Channel(
+                address="storage.volume.attached",
+                title=None,
+                summary=None,
+                description="A volume was attached to an instance (it is in_use).",
+                servers=[],
+                messages={
+                    "volumeAttached": spec.Message(
+                        content_type="application/json",
+                        headers=None,
+                        payload={"$ref": "#/components/schemas/VolumeAttachedEvent"},
+                        summary="A volume was attached to an instance (it is in_use).",
+                        name="volume.attached",
+                        title="Volume attached",
+                        description=None,
+                        deprecated=None,
+                        correlation_id=None,
+                        tags=[],
+                        externalDocs=None,
+                        bindings=None,
+                        traits=[],
+                        key="",
+                    )
+                },
+                parameters={},
+                tags=[],
+                external_docs=None,
+                bindings=spec.ChannelBindings(
+                    http=None,
+                    amqp1=None,
+                    mqtt=None,
+                    nats=None,
+                    stomp=None,
+                    redis=None,
+                    solace=None,
+                    ws=None,
+                    amqp=spec.AmqpChannelBinding(
+                        type="routingKey",
+                        queue=None,
+                        exchange=spec.AmqpExchange(
+                            name="hangar.events",
+                            type=spec.AmqpExchangeType.TOPIC,
+                            durable=True,
+                            auto_delete=None,
+                            vhost="/",
+                            arguments=None,
+                        ),
+                        binding_version="0.3.0",
+                        extensions={},
+                    ),
+                    kafka=None,
+                    anypointmq=None,
+                    jms=None,
+                    sns=None,
+                    sqs=None,
+                    ibmmq=None,
+                    googlepubsub=None,
+                    pulsar=None,
+                ),
+                key="/ping/pubsub",
+            ),
+            messages=[
+                spec.Message(
+                    content_type="application/json",
+                    headers=None,
+                    payload={"$ref": "#/components/schemas/VolumeAttachedEvent"},
+                    summary="A volume was attached to an instance (it is in_use).",
+                    name="volume.attached",
+                    title="Volume attached",
+                    description=None,
+                    deprecated=None,
+                    correlation_id=None,
+                    tags=[],
+                    externalDocs=None,
+                    bindings=None,
+                    traits=[],
+                    key="",
+                )
+            ],
+            reply=None,
+            traits=[],
+            security=[],
+            tags=[],
+            external_docs=None,
+            bindings=None,
+            key="publishVolumeAttached",
+        )
+
+        super().__init__(
+            operation=operation, wire_factory=wire_factory, codec_factory=codec_factory
+        )
+
+
+class PublishvolumecreatedRouter(Publisher[json.VolumeCreated]):
+    """Published by the storage runner when a create (or a restore from a snapshot) completes."""
+
+    class Inputs(Publisher.Inputs):
+        """Base inputs (no channel parameters)."""
+
+        pass
+
+    def __init__(
+        self,
+        wire_factory: AbstractWireFactory[Any, Any],
+        codec_factory: CodecFactory[Any, Any],
+    ):
+        operation = spec.Operation(
+            action="send",
+            title=None,
+            summary=None,
+            description="Published by the storage runner when a create (or a restore from a snapshot) completes.",
+            channel=spec.Channel(
+                address="storage.volume.created",
+                title=None,
+                summary=None,
+                description="A volume's storage exists and it is available; metering (per GiB-hour) starts here.",
+                servers=[],
+                messages={
+                    "volumeCreated": spec.Message(
+                        content_type="application/json",
+                        headers=None,
+                        payload={"$ref": "#/components/schemas/VolumeCreatedEvent"},
+                        summary="A volume's storage exists and it is available; metering (per GiB-hour) starts here.",
+                        name="volume.created",
+                        title="Volume created",
+                        description=None,
+                        deprecated=None,
+                        correlation_id=None,
+                        tags=[],
+                        externalDocs=None,
+                        bindings=None,
+                        traits=[],
+                        key="",
+                    )
+                },
+                parameters={},
+                tags=[],
+                external_docs=None,
+                bindings=spec.ChannelBindings(
+                    http=None,
+                    amqp1=None,
+                    mqtt=None,
+                    nats=None,
+                    stomp=None,
+                    redis=None,
+                    solace=None,
+                    ws=None,
+                    amqp=spec.AmqpChannelBinding(
+                        type="routingKey",
+                        queue=None,
+                        exchange=spec.AmqpExchange(
+                            name="hangar.events",
+                            type=spec.AmqpExchangeType.TOPIC,
+                            durable=True,
+                            auto_delete=None,
+                            vhost="/",
+                            arguments=None,
+                        ),
+                        binding_version="0.3.0",
+                        extensions={},
+                    ),
+                    kafka=None,
+                    anypointmq=None,
+                    jms=None,
+                    sns=None,
+                    sqs=None,
+                    ibmmq=None,
+                    googlepubsub=None,
+                    pulsar=None,
+                ),
+                key="/ping/pubsub",
+            ),
+            messages=[
+                spec.Message(
+                    content_type="application/json",
+                    headers=None,
+                    payload={"$ref": "#/components/schemas/VolumeCreatedEvent"},
+                    summary="A volume's storage exists and it is available; metering (per GiB-hour) starts here.",
+                    name="volume.created",
+                    title="Volume created",
+                    description=None,
+                    deprecated=None,
+                    correlation_id=None,
+                    tags=[],
+                    externalDocs=None,
+                    bindings=None,
+                    traits=[],
+                    key="",
+                )
+            ],
+            reply=None,
+            traits=[],
+            security=[],
+            tags=[],
+            external_docs=None,
+            bindings=None,
+            key="publishVolumeCreated",
+        )
+
+        super().__init__(
+            operation=operation, wire_factory=wire_factory, codec_factory=codec_factory
+        )
+
+
+class PublishvolumedeletedRouter(Publisher[json.VolumeDeleted]):
+    """Published by the storage runner when a delete completes."""
+
+    class Inputs(Publisher.Inputs):
+        """Base inputs (no channel parameters)."""
+
+        pass
+
+    def __init__(
+        self,
+        wire_factory: AbstractWireFactory[Any, Any],
+        codec_factory: CodecFactory[Any, Any],
+    ):
+        operation = spec.Operation(
+            action="send",
+            title=None,
+            summary=None,
+            description="Published by the storage runner when a delete completes.",
+            channel=spec.Channel(
+                address="storage.volume.deleted",
+                title=None,
+                summary=None,
+                description="A volume's data was removed; metering stops here.",
+                servers=[],
+                messages={
+                    "volumeDeleted": spec.Message(
+                        content_type="application/json",
+                        headers=None,
+                        payload={"$ref": "#/components/schemas/VolumeDeletedEvent"},
+                        summary="A volume's data was removed; metering stops here.",
+                        name="volume.deleted",
+                        title="Volume deleted",
+                        description=None,
+                        deprecated=None,
+                        correlation_id=None,
+                        tags=[],
+                        externalDocs=None,
+                        bindings=None,
+                        traits=[],
+                        key="",
+                    )
+                },
+                parameters={},
+                tags=[],
+                external_docs=None,
+                bindings=spec.ChannelBindings(
+                    http=None,
+                    amqp1=None,
+                    mqtt=None,
+                    nats=None,
+                    stomp=None,
+                    redis=None,
+                    solace=None,
+                    ws=None,
+                    amqp=spec.AmqpChannelBinding(
+                        type="routingKey",
+                        queue=None,
+                        exchange=spec.AmqpExchange(
+                            name="hangar.events",
+                            type=spec.AmqpExchangeType.TOPIC,
+                            durable=True,
+                            auto_delete=None,
+                            vhost="/",
+                            arguments=None,
+                        ),
+                        binding_version="0.3.0",
+                        extensions={},
+                    ),
+                    kafka=None,
+                    anypointmq=None,
+                    jms=None,
+                    sns=None,
+                    sqs=None,
+                    ibmmq=None,
+                    googlepubsub=None,
+                    pulsar=None,
+                ),
+                key="/ping/pubsub",
+            ),
+            messages=[
+                spec.Message(
+                    content_type="application/json",
+                    headers=None,
+                    payload={"$ref": "#/components/schemas/VolumeDeletedEvent"},
+                    summary="A volume's data was removed; metering stops here.",
+                    name="volume.deleted",
+                    title="Volume deleted",
+                    description=None,
+                    deprecated=None,
+                    correlation_id=None,
+                    tags=[],
+                    externalDocs=None,
+                    bindings=None,
+                    traits=[],
+                    key="",
+                )
+            ],
+            reply=None,
+            traits=[],
+            security=[],
+            tags=[],
+            external_docs=None,
+            bindings=None,
+            key="publishVolumeDeleted",
+        )
+
+        super().__init__(
+            operation=operation, wire_factory=wire_factory, codec_factory=codec_factory
+        )
+
+
+class PublishvolumedetachedRouter(Publisher[json.VolumeDetached]):
+    """Published by the storage runner when a detach completes (asked for, or because the instance was terminated)."""
+
+    class Inputs(Publisher.Inputs):
+        """Base inputs (no channel parameters)."""
+
+        pass
+
+    def __init__(
+        self,
+        wire_factory: AbstractWireFactory[Any, Any],
+        codec_factory: CodecFactory[Any, Any],
+    ):
+        operation = spec.Operation(
+            action="send",
+            title=None,
+            summary=None,
+            description="Published by the storage runner when a detach completes (asked for, or because the instance was terminated).",
+            channel=spec.Channel(
+                address="storage.volume.detached",
+                title=None,
+                summary=None,
+                description="A volume was detached from an instance (it is available again).",
+                servers=[],
+                messages={
+                    "volumeDetached": spec.Message(
+                        content_type="application/json",
+                        headers=None,
+                        payload={"$ref": "#/components/schemas/VolumeDetachedEvent"},
+                        summary="A volume was detached from an instance (it is available again).",
+                        name="volume.detached",
+                        title="Volume detached",
+                        description=None,
+                        deprecated=None,
+                        correlation_id=None,
+                        tags=[],
+                        externalDocs=None,
+                        bindings=None,
+                        traits=[],
+                        key="",
+                    )
+                },
+                parameters={},
+                tags=[],
+                external_docs=None,
+                bindings=spec.ChannelBindings(
+                    http=None,
+                    amqp1=None,
+                    mqtt=None,
+                    nats=None,
+                    stomp=None,
+                    redis=None,
+                    solace=None,
+                    ws=None,
+                    amqp=spec.AmqpChannelBinding(
+                        type="routingKey",
+                        queue=None,
+                        exchange=spec.AmqpExchange(
+                            name="hangar.events",
+                            type=spec.AmqpExchangeType.TOPIC,
+                            durable=True,
+                            auto_delete=None,
+                            vhost="/",
+                            arguments=None,
+                        ),
+                        binding_version="0.3.0",
+                        extensions={},
+                    ),
+                    kafka=None,
+                    anypointmq=None,
+                    jms=None,
+                    sns=None,
+                    sqs=None,
+                    ibmmq=None,
+                    googlepubsub=None,
+                    pulsar=None,
+                ),
+                key="/ping/pubsub",
+            ),
+            messages=[
+                spec.Message(
+                    content_type="application/json",
+                    headers=None,
+                    payload={"$ref": "#/components/schemas/VolumeDetachedEvent"},
+                    summary="A volume was detached from an instance (it is available again).",
+                    name="volume.detached",
+                    title="Volume detached",
+                    description=None,
+                    deprecated=None,
+                    correlation_id=None,
+                    tags=[],
+                    externalDocs=None,
+                    bindings=None,
+                    traits=[],
+                    key="",
+                )
+            ],
+            reply=None,
+            traits=[],
+            security=[],
+            tags=[],
+            external_docs=None,
+            bindings=None,
+            key="publishVolumeDetached",
+        )
+
+        super().__init__(
+            operation=operation, wire_factory=wire_factory, codec_factory=codec_factory
+        )
+
+
+class PublishvolumeresizedRouter(Publisher[json.VolumeResized]):
+    """Published by the storage runner when a resize completes."""
+
+    class Inputs(Publisher.Inputs):
+        """Base inputs (no channel parameters)."""
+
+        pass
+
+    def __init__(
+        self,
+        wire_factory: AbstractWireFactory[Any, Any],
+        codec_factory: CodecFactory[Any, Any],
+    ):
+        operation = spec.Operation(
+            action="send",
+            title=None,
+            summary=None,
+            description="Published by the storage runner when a resize completes.",
+            channel=spec.Channel(
+                address="storage.volume.resized",
+                title=None,
+                summary=None,
+                description="A volume grew; metering continues at the new size.",
+                servers=[],
+                messages={
+                    "volumeResized": spec.Message(
+                        content_type="application/json",
+                        headers=None,
+                        payload={"$ref": "#/components/schemas/VolumeResizedEvent"},
+                        summary="A volume grew; metering continues at the new size.",
+                        name="volume.resized",
+                        title="Volume resized",
+                        description=None,
+                        deprecated=None,
+                        correlation_id=None,
+                        tags=[],
+                        externalDocs=None,
+                        bindings=None,
+                        traits=[],
+                        key="",
+                    )
+                },
+                parameters={},
+                tags=[],
+                external_docs=None,
+                bindings=spec.ChannelBindings(
+                    http=None,
+                    amqp1=None,
+                    mqtt=None,
+                    nats=None,
+                    stomp=None,
+                    redis=None,
+                    solace=None,
+                    ws=None,
+                    amqp=spec.AmqpChannelBinding(
+                        type="routingKey",
+                        queue=None,
+                        exchange=spec.AmqpExchange(
+                            name="hangar.events",
+                            type=spec.AmqpExchangeType.TOPIC,
+                            durable=True,
+                            auto_delete=None,
+                            vhost="/",
+                            arguments=None,
+                        ),
+                        binding_version="0.3.0",
+                        extensions={},
+                    ),
+                    kafka=None,
+                    anypointmq=None,
+                    jms=None,
+                    sns=None,
+                    sqs=None,
+                    ibmmq=None,
+                    googlepubsub=None,
+                    pulsar=None,
+                ),
+                key="/ping/pubsub",
+            ),
+            messages=[
+                spec.Message(
+                    content_type="application/json",
+                    headers=None,
+                    payload={"$ref": "#/components/schemas/VolumeResizedEvent"},
+                    summary="A volume grew; metering continues at the new size.",
+                    name="volume.resized",
+                    title="Volume resized",
+                    description=None,
+                    deprecated=None,
+                    correlation_id=None,
+                    tags=[],
+                    externalDocs=None,
+                    bindings=None,
+                    traits=[],
+                    key="",
+                )
+            ],
+            reply=None,
+            traits=[],
+            security=[],
+            tags=[],
+            external_docs=None,
+            bindings=None,
+            key="publishVolumeResized",
+        )
+
+        super().__init__(
+            operation=operation, wire_factory=wire_factory, codec_factory=codec_factory
+        )
+
+
 class ProducerRouter:
     """Router aggregating all producer (send) operations."""
 
@@ -1933,6 +3715,13 @@ class ProducerRouter:
             wire_factory, codec_factory
         )
         self.publish_api_key_revoked = PublishapikeyrevokedRouter(
+            wire_factory, codec_factory
+        )
+        self.publish_balance_depleted = PublishbalancedepletedRouter(
+            wire_factory, codec_factory
+        )
+        self.publish_balance_low = PublishbalancelowRouter(wire_factory, codec_factory)
+        self.publish_credit_adjusted = PublishcreditadjustedRouter(
             wire_factory, codec_factory
         )
         self.publish_instance_failed = PublishinstancefailedRouter(
@@ -1969,6 +3758,45 @@ class ProducerRouter:
             wire_factory, codec_factory
         )
         self.publish_organization_updated = PublishorganizationupdatedRouter(
+            wire_factory, codec_factory
+        )
+        self.publish_refund_succeeded = PublishrefundsucceededRouter(
+            wire_factory, codec_factory
+        )
+        self.publish_snapshot_completed = PublishsnapshotcompletedRouter(
+            wire_factory, codec_factory
+        )
+        self.publish_snapshot_deleted = PublishsnapshotdeletedRouter(
+            wire_factory, codec_factory
+        )
+        self.publish_terminal_session_ended = PublishterminalsessionendedRouter(
+            wire_factory, codec_factory
+        )
+        self.publish_terminal_session_started = PublishterminalsessionstartedRouter(
+            wire_factory, codec_factory
+        )
+        self.publish_top_up_canceled = PublishtopupcanceledRouter(
+            wire_factory, codec_factory
+        )
+        self.publish_top_up_failed = PublishtopupfailedRouter(
+            wire_factory, codec_factory
+        )
+        self.publish_top_up_succeeded = PublishtopupsucceededRouter(
+            wire_factory, codec_factory
+        )
+        self.publish_volume_attached = PublishvolumeattachedRouter(
+            wire_factory, codec_factory
+        )
+        self.publish_volume_created = PublishvolumecreatedRouter(
+            wire_factory, codec_factory
+        )
+        self.publish_volume_deleted = PublishvolumedeletedRouter(
+            wire_factory, codec_factory
+        )
+        self.publish_volume_detached = PublishvolumedetachedRouter(
+            wire_factory, codec_factory
+        )
+        self.publish_volume_resized = PublishvolumeresizedRouter(
             wire_factory, codec_factory
         )
 

@@ -5,7 +5,20 @@ from .client import AuthenticatedClient, Client
 from .errors import ApiError, WaitError, WaitFailed, WaitTimeout
 from .pagination import aiterate, iterate
 from .retry import RetryPolicy
-from .waiters import wait_for_action, wait_for_action_async, wait_for_instance, wait_for_instance_async
+from .waiters import (
+    wait_for_action,
+    wait_for_action_async,
+    wait_for_instance,
+    wait_for_instance_async,
+    wait_for_snapshot,
+    wait_for_snapshot_async,
+    wait_for_top_up,
+    wait_for_top_up_async,
+    wait_for_volume,
+    wait_for_volume_action,
+    wait_for_volume_action_async,
+    wait_for_volume_async,
+)
 
 __version__ = "1.0.0"
 
@@ -23,4 +36,12 @@ __all__ = (
     "wait_for_action_async",
     "wait_for_instance",
     "wait_for_instance_async",
+    "wait_for_snapshot",
+    "wait_for_snapshot_async",
+    "wait_for_top_up",
+    "wait_for_top_up_async",
+    "wait_for_volume",
+    "wait_for_volume_async",
+    "wait_for_volume_action",
+    "wait_for_volume_action_async",
 )

@@ -17,6 +17,14 @@ field or the progress changes.
   `status` is succeeded; fails on failed.
 - `wait_for_instance` / `wait_for_instance_async`: getInstance until
   `state` is running / stopped / terminated; fails on failed.
+- `wait_for_snapshot` / `wait_for_snapshot_async`: getSnapshot until
+  `state` is available; fails on error.
+- `wait_for_top_up` / `wait_for_top_up_async`: getTopUp until
+  `status` is succeeded; fails on failed / canceled.
+- `wait_for_volume` / `wait_for_volume_async`: getVolume until
+  `state` is available / in_use / deleted; fails on error.
+- `wait_for_volume_action` / `wait_for_volume_action_async`: getVolumeAction until
+  `status` is succeeded; fails on failed.
 """
 
 from __future__ import annotations
@@ -29,10 +37,18 @@ from uuid import UUID
 
 from .api.actions import get_action
 from .api.instances import get_instance
+from .api.snapshots import get_snapshot
+from .api.top_ups import get_top_up
+from .api.volume_actions import get_volume_action
+from .api.volumes import get_volume
 from .client import AuthenticatedClient
 from .errors import ApiError, WaitFailed, WaitTimeout
 from .models.action import Action
 from .models.instance import Instance
+from .models.snapshot import Snapshot
+from .models.top_up import TopUp
+from .models.volume import Volume
+from .models.volume_action import VolumeAction
 from .types import Response
 
 M = TypeVar("M")
@@ -370,9 +386,411 @@ async def wait_for_instance_async(
     )
 
 
+_SNAPSHOT = _Watch(
+    noun="snapshot",
+    model=Snapshot,
+    field="state",
+    targets=("available",),
+    failure=("error",),
+    progress=None,
+    error=None,
+    busy=None,
+)
+
+
+def wait_for_snapshot(
+    client: AuthenticatedClient,
+    snapshot_id: UUID,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    interval: float = DEFAULT_INTERVAL,
+    max_interval: float = DEFAULT_MAX_INTERVAL,
+    on_update: Callable[[Snapshot], None] | None = None,
+) -> Snapshot:
+    """Poll getSnapshot (GET /v1/snapshots/{snapshotId}) until the snapshot's `state` is available.
+
+    Args:
+        client: the client to poll with; its retry policy applies to each poll, and its
+            `retry.sleep` makes the pauses.
+        snapshot_id: the snapshot to watch.
+        timeout: seconds to wait at most (default 600).
+        interval: the first pause between polls, in seconds; each pause is a quarter longer.
+        max_interval: the longest pause between polls, in seconds.
+        on_update: called with the Snapshot after the first poll and whenever its
+            `state` changes.
+
+    Returns:
+        The Snapshot, once its `state` is the target.
+
+    Raises:
+        errors.WaitFailed: `state` became error.
+        errors.WaitTimeout: `timeout` passed first (the last Snapshot is attached).
+        errors.ApiError: a poll was answered with an error.
+    """
+    poll = _Poll(
+        _SNAPSHOT,
+        str(snapshot_id),
+        "available",
+        timeout=timeout,
+        interval=interval,
+        max_interval=max_interval,
+        on_update=on_update,
+    )
+    return _wait(lambda: get_snapshot.sync_detailed(snapshot_id=snapshot_id, client=client), poll, client.retry.sleep)
+
+
+async def wait_for_snapshot_async(
+    client: AuthenticatedClient,
+    snapshot_id: UUID,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    interval: float = DEFAULT_INTERVAL,
+    max_interval: float = DEFAULT_MAX_INTERVAL,
+    on_update: Callable[[Snapshot], None] | None = None,
+) -> Snapshot:
+    """Poll getSnapshot (GET /v1/snapshots/{snapshotId}) until the snapshot's `state` is available (asyncio).
+
+    Args:
+        client: the client to poll with; its retry policy applies to each poll, and its
+            `retry.async_sleep` makes the pauses.
+        snapshot_id: the snapshot to watch.
+        timeout: seconds to wait at most (default 600).
+        interval: the first pause between polls, in seconds; each pause is a quarter longer.
+        max_interval: the longest pause between polls, in seconds.
+        on_update: called with the Snapshot after the first poll and whenever its
+            `state` changes.
+
+    Returns:
+        The Snapshot, once its `state` is the target.
+
+    Raises:
+        errors.WaitFailed: `state` became error.
+        errors.WaitTimeout: `timeout` passed first (the last Snapshot is attached).
+        errors.ApiError: a poll was answered with an error.
+    """
+    poll = _Poll(
+        _SNAPSHOT,
+        str(snapshot_id),
+        "available",
+        timeout=timeout,
+        interval=interval,
+        max_interval=max_interval,
+        on_update=on_update,
+    )
+    return await _wait_async(
+        lambda: get_snapshot.asyncio_detailed(snapshot_id=snapshot_id, client=client), poll, client.retry.async_sleep
+    )
+
+
+_TOP_UP = _Watch(
+    noun="top up",
+    model=TopUp,
+    field="status",
+    targets=("succeeded",),
+    failure=("failed", "canceled"),
+    progress=None,
+    error="error",
+    busy="processing",
+)
+
+
+def wait_for_top_up(
+    client: AuthenticatedClient,
+    top_up_id: UUID,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    interval: float = DEFAULT_INTERVAL,
+    max_interval: float = DEFAULT_MAX_INTERVAL,
+    on_update: Callable[[TopUp], None] | None = None,
+) -> TopUp:
+    """Poll getTopUp (GET /v1/top-ups/{topUpId}) until the top up's `status` is succeeded.
+
+    Args:
+        client: the client to poll with; its retry policy applies to each poll, and its
+            `retry.sleep` makes the pauses.
+        top_up_id: the top up to watch.
+        timeout: seconds to wait at most (default 600).
+        interval: the first pause between polls, in seconds; each pause is a quarter longer.
+        max_interval: the longest pause between polls, in seconds.
+        on_update: called with the TopUp after the first poll and whenever its
+            `status` changes.
+
+    Returns:
+        The TopUp, once its `status` is the target.
+
+    Raises:
+        errors.WaitFailed: `status` became failed or canceled (`code` and `message` from its `error`).
+        errors.WaitTimeout: `timeout` passed first (the last TopUp is attached).
+        errors.ApiError: a poll was answered with an error.
+    """
+    poll = _Poll(
+        _TOP_UP,
+        str(top_up_id),
+        "succeeded",
+        timeout=timeout,
+        interval=interval,
+        max_interval=max_interval,
+        on_update=on_update,
+    )
+    return _wait(lambda: get_top_up.sync_detailed(top_up_id=top_up_id, client=client), poll, client.retry.sleep)
+
+
+async def wait_for_top_up_async(
+    client: AuthenticatedClient,
+    top_up_id: UUID,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    interval: float = DEFAULT_INTERVAL,
+    max_interval: float = DEFAULT_MAX_INTERVAL,
+    on_update: Callable[[TopUp], None] | None = None,
+) -> TopUp:
+    """Poll getTopUp (GET /v1/top-ups/{topUpId}) until the top up's `status` is succeeded (asyncio).
+
+    Args:
+        client: the client to poll with; its retry policy applies to each poll, and its
+            `retry.async_sleep` makes the pauses.
+        top_up_id: the top up to watch.
+        timeout: seconds to wait at most (default 600).
+        interval: the first pause between polls, in seconds; each pause is a quarter longer.
+        max_interval: the longest pause between polls, in seconds.
+        on_update: called with the TopUp after the first poll and whenever its
+            `status` changes.
+
+    Returns:
+        The TopUp, once its `status` is the target.
+
+    Raises:
+        errors.WaitFailed: `status` became failed or canceled (`code` and `message` from its `error`).
+        errors.WaitTimeout: `timeout` passed first (the last TopUp is attached).
+        errors.ApiError: a poll was answered with an error.
+    """
+    poll = _Poll(
+        _TOP_UP,
+        str(top_up_id),
+        "succeeded",
+        timeout=timeout,
+        interval=interval,
+        max_interval=max_interval,
+        on_update=on_update,
+    )
+    return await _wait_async(
+        lambda: get_top_up.asyncio_detailed(top_up_id=top_up_id, client=client), poll, client.retry.async_sleep
+    )
+
+
+_VOLUME = _Watch(
+    noun="volume",
+    model=Volume,
+    field="state",
+    targets=("available", "in_use", "deleted"),
+    failure=("error",),
+    progress=None,
+    error=None,
+    busy="locked",
+)
+
+
+def wait_for_volume(
+    client: AuthenticatedClient,
+    volume_id: UUID,
+    *,
+    state: str = "available",
+    timeout: float = DEFAULT_TIMEOUT,
+    interval: float = DEFAULT_INTERVAL,
+    max_interval: float = DEFAULT_MAX_INTERVAL,
+    on_update: Callable[[Volume], None] | None = None,
+) -> Volume:
+    """Poll getVolume (GET /v1/volumes/{volumeId}) until the volume's `state` is `state`.
+
+    Args:
+        client: the client to poll with; its retry policy applies to each poll, and its
+            `retry.sleep` makes the pauses.
+        volume_id: the volume to watch.
+        state: the state to wait for: available, in_use, deleted (default available).
+        timeout: seconds to wait at most (default 600).
+        interval: the first pause between polls, in seconds; each pause is a quarter longer.
+        max_interval: the longest pause between polls, in seconds.
+        on_update: called with the Volume after the first poll and whenever its
+            `state` changes.
+
+    Returns:
+        The Volume, once its `state` is the target.
+
+    Raises:
+        errors.WaitFailed: `state` became error.
+        errors.WaitTimeout: `timeout` passed first (the last Volume is attached).
+        errors.ApiError: a poll was answered with an error.
+    """
+    poll = _Poll(
+        _VOLUME,
+        str(volume_id),
+        str(state),
+        timeout=timeout,
+        interval=interval,
+        max_interval=max_interval,
+        on_update=on_update,
+    )
+    return _wait(lambda: get_volume.sync_detailed(volume_id=volume_id, client=client), poll, client.retry.sleep)
+
+
+async def wait_for_volume_async(
+    client: AuthenticatedClient,
+    volume_id: UUID,
+    *,
+    state: str = "available",
+    timeout: float = DEFAULT_TIMEOUT,
+    interval: float = DEFAULT_INTERVAL,
+    max_interval: float = DEFAULT_MAX_INTERVAL,
+    on_update: Callable[[Volume], None] | None = None,
+) -> Volume:
+    """Poll getVolume (GET /v1/volumes/{volumeId}) until the volume's `state` is `state` (asyncio).
+
+    Args:
+        client: the client to poll with; its retry policy applies to each poll, and its
+            `retry.async_sleep` makes the pauses.
+        volume_id: the volume to watch.
+        state: the state to wait for: available, in_use, deleted (default available).
+        timeout: seconds to wait at most (default 600).
+        interval: the first pause between polls, in seconds; each pause is a quarter longer.
+        max_interval: the longest pause between polls, in seconds.
+        on_update: called with the Volume after the first poll and whenever its
+            `state` changes.
+
+    Returns:
+        The Volume, once its `state` is the target.
+
+    Raises:
+        errors.WaitFailed: `state` became error.
+        errors.WaitTimeout: `timeout` passed first (the last Volume is attached).
+        errors.ApiError: a poll was answered with an error.
+    """
+    poll = _Poll(
+        _VOLUME,
+        str(volume_id),
+        str(state),
+        timeout=timeout,
+        interval=interval,
+        max_interval=max_interval,
+        on_update=on_update,
+    )
+    return await _wait_async(
+        lambda: get_volume.asyncio_detailed(volume_id=volume_id, client=client), poll, client.retry.async_sleep
+    )
+
+
+_VOLUME_ACTION = _Watch(
+    noun="volume action",
+    model=VolumeAction,
+    field="status",
+    targets=("succeeded",),
+    failure=("failed",),
+    progress="progress",
+    error="error",
+    busy=None,
+)
+
+
+def wait_for_volume_action(
+    client: AuthenticatedClient,
+    volume_action_id: UUID,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    interval: float = DEFAULT_INTERVAL,
+    max_interval: float = DEFAULT_MAX_INTERVAL,
+    on_update: Callable[[VolumeAction], None] | None = None,
+) -> VolumeAction:
+    """Poll getVolumeAction (GET /v1/volume-actions/{volumeActionId}) until the volume action's `status` is succeeded.
+
+    Args:
+        client: the client to poll with; its retry policy applies to each poll, and its
+            `retry.sleep` makes the pauses.
+        volume_action_id: the volume action to watch.
+        timeout: seconds to wait at most (default 600).
+        interval: the first pause between polls, in seconds; each pause is a quarter longer.
+        max_interval: the longest pause between polls, in seconds.
+        on_update: called with the VolumeAction after the first poll and whenever its
+            `status` or `progress` changes.
+
+    Returns:
+        The VolumeAction, once its `status` is the target.
+
+    Raises:
+        errors.WaitFailed: `status` became failed (`code` and `message` from its `error`).
+        errors.WaitTimeout: `timeout` passed first (the last VolumeAction is attached).
+        errors.ApiError: a poll was answered with an error.
+    """
+    poll = _Poll(
+        _VOLUME_ACTION,
+        str(volume_action_id),
+        "succeeded",
+        timeout=timeout,
+        interval=interval,
+        max_interval=max_interval,
+        on_update=on_update,
+    )
+    return _wait(
+        lambda: get_volume_action.sync_detailed(volume_action_id=volume_action_id, client=client),
+        poll,
+        client.retry.sleep,
+    )
+
+
+async def wait_for_volume_action_async(
+    client: AuthenticatedClient,
+    volume_action_id: UUID,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    interval: float = DEFAULT_INTERVAL,
+    max_interval: float = DEFAULT_MAX_INTERVAL,
+    on_update: Callable[[VolumeAction], None] | None = None,
+) -> VolumeAction:
+    """Poll getVolumeAction (GET /v1/volume-actions/{volumeActionId}) until the volume action's `status` is succeeded (asyncio).
+
+    Args:
+        client: the client to poll with; its retry policy applies to each poll, and its
+            `retry.async_sleep` makes the pauses.
+        volume_action_id: the volume action to watch.
+        timeout: seconds to wait at most (default 600).
+        interval: the first pause between polls, in seconds; each pause is a quarter longer.
+        max_interval: the longest pause between polls, in seconds.
+        on_update: called with the VolumeAction after the first poll and whenever its
+            `status` or `progress` changes.
+
+    Returns:
+        The VolumeAction, once its `status` is the target.
+
+    Raises:
+        errors.WaitFailed: `status` became failed (`code` and `message` from its `error`).
+        errors.WaitTimeout: `timeout` passed first (the last VolumeAction is attached).
+        errors.ApiError: a poll was answered with an error.
+    """
+    poll = _Poll(
+        _VOLUME_ACTION,
+        str(volume_action_id),
+        "succeeded",
+        timeout=timeout,
+        interval=interval,
+        max_interval=max_interval,
+        on_update=on_update,
+    )
+    return await _wait_async(
+        lambda: get_volume_action.asyncio_detailed(volume_action_id=volume_action_id, client=client),
+        poll,
+        client.retry.async_sleep,
+    )
+
+
 __all__ = [
     "wait_for_action",
     "wait_for_action_async",
     "wait_for_instance",
     "wait_for_instance_async",
+    "wait_for_snapshot",
+    "wait_for_snapshot_async",
+    "wait_for_top_up",
+    "wait_for_top_up_async",
+    "wait_for_volume",
+    "wait_for_volume_async",
+    "wait_for_volume_action",
+    "wait_for_volume_action_async",
 ]

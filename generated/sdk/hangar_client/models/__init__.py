@@ -11,7 +11,14 @@ from .api_key_create import ApiKeyCreate
 from .api_key_created import ApiKeyCreated
 from .api_key_list import ApiKeyList
 from .api_key_status import ApiKeyStatus
+from .billing_balance import BillingBalance
 from .capacity_report import CapacityReport
+from .card_brand import CardBrand
+from .credit_adjustment import CreditAdjustment
+from .credit_adjustment_create import CreditAdjustmentCreate
+from .credit_adjustment_direction import CreditAdjustmentDirection
+from .credit_limit_update import CreditLimitUpdate
+from .currency import Currency
 from .field_error import FieldError
 from .host import Host
 from .host_create import HostCreate
@@ -42,18 +49,70 @@ from .member_status import MemberStatus
 from .member_update import MemberUpdate
 from .organization import Organization
 from .organization_update import OrganizationUpdate
+from .payment_method import PaymentMethod
+from .payment_method_create import PaymentMethodCreate
+from .payment_method_list import PaymentMethodList
+from .payment_provider import PaymentProvider
 from .problem import Problem
+from .refund import Refund
+from .refund_create import RefundCreate
+from .refund_list import RefundList
+from .refund_status import RefundStatus
 from .region import Region
 from .region_availability import RegionAvailability
 from .region_capacity import RegionCapacity
 from .region_list import RegionList
 from .resource_capacity import ResourceCapacity
 from .resource_class import ResourceClass
+from .resource_type import ResourceType
 from .role import Role
+from .sandbox_event import SandboxEvent
+from .sandbox_event_data import SandboxEventData
+from .sandbox_event_type import SandboxEventType
 from .scope import Scope
 from .signup_request import SignupRequest
 from .signup_result import SignupResult
+from .snapshot import Snapshot
+from .snapshot_create import SnapshotCreate
+from .snapshot_list import SnapshotList
+from .snapshot_state import SnapshotState
+from .statement import Statement
+from .statement_line import StatementLine
+from .statement_line_kind import StatementLineKind
+from .statement_line_list import StatementLineList
+from .statement_list import StatementList
+from .statement_status import StatementStatus
+from .statement_summary import StatementSummary
+from .terminal_session import TerminalSession
+from .terminal_session_create import TerminalSessionCreate
+from .terminal_session_created import TerminalSessionCreated
+from .terminal_session_list import TerminalSessionList
+from .terminal_session_status import TerminalSessionStatus
+from .top_up import TopUp
+from .top_up_create import TopUpCreate
+from .top_up_error_type_0 import TopUpErrorType0
+from .top_up_list import TopUpList
+from .top_up_status import TopUpStatus
+from .transaction import Transaction
+from .transaction_direction import TransactionDirection
+from .transaction_list import TransactionList
+from .transaction_status import TransactionStatus
+from .usage_line import UsageLine
+from .usage_list import UsageList
 from .user import User
+from .volume import Volume
+from .volume_action import VolumeAction
+from .volume_action_error_type_0 import VolumeActionErrorType0
+from .volume_action_list import VolumeActionList
+from .volume_action_request import VolumeActionRequest
+from .volume_action_request_type import VolumeActionRequestType
+from .volume_action_status import VolumeActionStatus
+from .volume_action_type import VolumeActionType
+from .volume_create import VolumeCreate
+from .volume_launch import VolumeLaunch
+from .volume_list import VolumeList
+from .volume_state import VolumeState
+from .webhook_receipt import WebhookReceipt
 
 __all__ = (
     "Action",
@@ -66,7 +125,14 @@ __all__ = (
     "ApiKeyCreated",
     "ApiKeyList",
     "ApiKeyStatus",
+    "BillingBalance",
     "CapacityReport",
+    "CardBrand",
+    "CreditAdjustment",
+    "CreditAdjustmentCreate",
+    "CreditAdjustmentDirection",
+    "CreditLimitUpdate",
+    "Currency",
     "FieldError",
     "Host",
     "HostCreate",
@@ -97,16 +163,68 @@ __all__ = (
     "MemberUpdate",
     "Organization",
     "OrganizationUpdate",
+    "PaymentMethod",
+    "PaymentMethodCreate",
+    "PaymentMethodList",
+    "PaymentProvider",
     "Problem",
+    "Refund",
+    "RefundCreate",
+    "RefundList",
+    "RefundStatus",
     "Region",
     "RegionAvailability",
     "RegionCapacity",
     "RegionList",
     "ResourceCapacity",
     "ResourceClass",
+    "ResourceType",
     "Role",
+    "SandboxEvent",
+    "SandboxEventData",
+    "SandboxEventType",
     "Scope",
     "SignupRequest",
     "SignupResult",
+    "Snapshot",
+    "SnapshotCreate",
+    "SnapshotList",
+    "SnapshotState",
+    "Statement",
+    "StatementLine",
+    "StatementLineKind",
+    "StatementLineList",
+    "StatementList",
+    "StatementStatus",
+    "StatementSummary",
+    "TerminalSession",
+    "TerminalSessionCreate",
+    "TerminalSessionCreated",
+    "TerminalSessionList",
+    "TerminalSessionStatus",
+    "TopUp",
+    "TopUpCreate",
+    "TopUpErrorType0",
+    "TopUpList",
+    "TopUpStatus",
+    "Transaction",
+    "TransactionDirection",
+    "TransactionList",
+    "TransactionStatus",
+    "UsageLine",
+    "UsageList",
     "User",
+    "Volume",
+    "VolumeAction",
+    "VolumeActionErrorType0",
+    "VolumeActionList",
+    "VolumeActionRequest",
+    "VolumeActionRequestType",
+    "VolumeActionStatus",
+    "VolumeActionType",
+    "VolumeCreate",
+    "VolumeLaunch",
+    "VolumeList",
+    "VolumeState",
+    "WebhookReceipt",
 )

@@ -13,6 +13,9 @@ AllocationClaimed = models.AllocationClaimedEvent
 AllocationReleased = models.AllocationReleasedEvent
 ApiKeyCreated = models.ApiKeyCreatedEvent
 ApiKeyRevoked = models.ApiKeyRevokedEvent
+BillingBalanceDepleted = models.BalanceDepletedEvent
+BillingBalanceLow = models.BalanceLowEvent
+CreditAdjusted = models.CreditAdjustedEvent
 InstanceFailed = models.InstanceFailedEvent
 InstanceRequested = models.InstanceRequestedEvent
 InstanceRunning = models.InstanceRunningEvent
@@ -25,6 +28,19 @@ MemberRemoved = models.MemberRemovedEvent
 MemberRoleChanged = models.MemberRoleChangedEvent
 OrganizationCreated = models.OrganizationCreatedEvent
 OrganizationUpdated = models.OrganizationUpdatedEvent
+RefundSucceeded = models.RefundSucceededEvent
+SnapshotCompleted = models.SnapshotCompletedEvent
+SnapshotDeleted = models.SnapshotDeletedEvent
+TerminalSessionEnded = models.TerminalSessionEndedEvent
+TerminalSessionStarted = models.TerminalSessionStartedEvent
+TopUpCanceled = models.TopUpCanceledEvent
+TopUpFailed = models.TopUpFailedEvent
+TopUpSucceeded = models.TopUpSucceededEvent
+VolumeAttached = models.VolumeAttachedEvent
+VolumeCreated = models.VolumeCreatedEvent
+VolumeDeleted = models.VolumeDeletedEvent
+VolumeDetached = models.VolumeDetachedEvent
+VolumeResized = models.VolumeResizedEvent
 
 __all__ = [
     "ActionCompleted",
@@ -32,6 +48,9 @@ __all__ = [
     "AllocationReleased",
     "ApiKeyCreated",
     "ApiKeyRevoked",
+    "BillingBalanceDepleted",
+    "BillingBalanceLow",
+    "CreditAdjusted",
     "InstanceFailed",
     "InstanceRequested",
     "InstanceRunning",
@@ -44,4 +63,17 @@ __all__ = [
     "MemberRoleChanged",
     "OrganizationCreated",
     "OrganizationUpdated",
+    "RefundSucceeded",
+    "SnapshotCompleted",
+    "SnapshotDeleted",
+    "TerminalSessionEnded",
+    "TerminalSessionStarted",
+    "TopUpCanceled",
+    "TopUpFailed",
+    "TopUpSucceeded",
+    "VolumeAttached",
+    "VolumeCreated",
+    "VolumeDeleted",
+    "VolumeDetached",
+    "VolumeResized",
 ]

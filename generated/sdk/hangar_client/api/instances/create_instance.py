@@ -53,6 +53,11 @@ def _parse_response(
 
         return response_401
 
+    if response.status_code == 402:
+        response_402 = Problem.from_dict(response.json())
+
+        return response_402
+
     if response.status_code == 403:
         response_403 = Problem.from_dict(response.json())
 
@@ -115,7 +120,9 @@ def sync_detailed(
     or `failed` with an error (`placement_error` when no host has room, `host_error` after
     every retry on another host failed) and the instance `failed`, its capacity released.
     An unknown region, type or image, or a type not offered in the region, is a 422; a
-    launch beyond the organization's quota is a 409 `quota-exceeded`.
+    launch beyond the organization's quota is a 409 `quota-exceeded`; a launch the
+    organization's credit cannot back (a hold of the type's price for the minimum run
+    time, 10 minutes by default) is a 402 `insufficient-credits`.
 
     Args:
         idempotency_key (str | Unset):
@@ -158,7 +165,9 @@ def sync(
     or `failed` with an error (`placement_error` when no host has room, `host_error` after
     every retry on another host failed) and the instance `failed`, its capacity released.
     An unknown region, type or image, or a type not offered in the region, is a 422; a
-    launch beyond the organization's quota is a 409 `quota-exceeded`.
+    launch beyond the organization's quota is a 409 `quota-exceeded`; a launch the
+    organization's credit cannot back (a hold of the type's price for the minimum run
+    time, 10 minutes by default) is a 402 `insufficient-credits`.
 
     Args:
         idempotency_key (str | Unset):
@@ -194,7 +203,9 @@ async def asyncio_detailed(
     or `failed` with an error (`placement_error` when no host has room, `host_error` after
     every retry on another host failed) and the instance `failed`, its capacity released.
     An unknown region, type or image, or a type not offered in the region, is a 422; a
-    launch beyond the organization's quota is a 409 `quota-exceeded`.
+    launch beyond the organization's quota is a 409 `quota-exceeded`; a launch the
+    organization's credit cannot back (a hold of the type's price for the minimum run
+    time, 10 minutes by default) is a 402 `insufficient-credits`.
 
     Args:
         idempotency_key (str | Unset):
@@ -237,7 +248,9 @@ async def asyncio(
     or `failed` with an error (`placement_error` when no host has room, `host_error` after
     every retry on another host failed) and the instance `failed`, its capacity released.
     An unknown region, type or image, or a type not offered in the region, is a 422; a
-    launch beyond the organization's quota is a 409 `quota-exceeded`.
+    launch beyond the organization's quota is a 409 `quota-exceeded`; a launch the
+    organization's credit cannot back (a hold of the type's price for the minimum run
+    time, 10 minutes by default) is a 402 `insufficient-credits`.
 
     Args:
         idempotency_key (str | Unset):

@@ -56,6 +56,11 @@ def _parse_response(*, client: AuthenticatedClient | Client, response: httpx.Res
 
         return response_401
 
+    if response.status_code == 402:
+        response_402 = Problem.from_dict(response.json())
+
+        return response_402
+
     if response.status_code == 403:
         response_403 = Problem.from_dict(response.json())
 
@@ -114,7 +119,8 @@ def sync_detailed(
     or `reboot` (running → rebooting → running) action and answers `202` with it. One action
     runs at a time per instance: while another runs the answer is 409 `resource-locked`; an
     action the instance's state does not allow (say, `start` on a running instance) is 409
-    `invalid-state`.
+    `invalid-state`. A `start` places the same credit hold as a launch: without the credit
+    it is a 402 `insufficient-credits`.
 
     Args:
         instance_id (UUID):
@@ -157,7 +163,8 @@ def sync(
     or `reboot` (running → rebooting → running) action and answers `202` with it. One action
     runs at a time per instance: while another runs the answer is 409 `resource-locked`; an
     action the instance's state does not allow (say, `start` on a running instance) is 409
-    `invalid-state`.
+    `invalid-state`. A `start` places the same credit hold as a launch: without the credit
+    it is a 402 `insufficient-credits`.
 
     Args:
         instance_id (UUID):
@@ -193,7 +200,8 @@ async def asyncio_detailed(
     or `reboot` (running → rebooting → running) action and answers `202` with it. One action
     runs at a time per instance: while another runs the answer is 409 `resource-locked`; an
     action the instance's state does not allow (say, `start` on a running instance) is 409
-    `invalid-state`.
+    `invalid-state`. A `start` places the same credit hold as a launch: without the credit
+    it is a 402 `insufficient-credits`.
 
     Args:
         instance_id (UUID):
@@ -236,7 +244,8 @@ async def asyncio(
     or `reboot` (running → rebooting → running) action and answers `202` with it. One action
     runs at a time per instance: while another runs the answer is 409 `resource-locked`; an
     action the instance's state does not allow (say, `start` on a running instance) is 409
-    `invalid-state`.
+    `invalid-state`. A `start` places the same credit hold as a launch: without the credit
+    it is a 402 `insufficient-credits`.
 
     Args:
         instance_id (UUID):
