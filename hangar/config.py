@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -216,3 +217,28 @@ class Settings:
             raise SystemExit("every HANGAR_PAYMENTS_WEBHOOK_SECRETS entry must be at least 16 characters")
         # --- end payments ---
         return settings
+
+
+class SettingsHolder:
+    """The process's Settings, for code that is handed none: a handler's RequestContext and a
+    consumer registered with `register(bus)` carry no Settings, so a context keeps one of these.
+
+    The runtime calls each context's `background.prepare(settings, …)` once per app or worker
+    before anything is served, and that `configure`s it. Code that runs without a prepare (a
+    script, a unit test) gets the environment's settings, which is what a prepare would have
+    recorded.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._current: Settings | None = None
+
+    def configure(self, settings: Settings) -> None:
+        with self._lock:
+            self._current = settings
+
+    def current(self) -> Settings:
+        with self._lock:
+            if self._current is None:
+                self._current = Settings.from_env()
+            return self._current

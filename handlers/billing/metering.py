@@ -55,7 +55,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from handlers.billing import holds, published
 from handlers.billing.metering_tables import Meter, MeterEdge, MeteringOrg, UsageRecord
 from hangar import outbox
-from hangar.config import Settings
+from hangar.config import Settings, SettingsHolder
 from hangar.db import utcnow
 
 log = logging.getLogger(__name__)
@@ -72,23 +72,9 @@ ORGS = cast(Table, MeteringOrg.__table__)
 
 # --- configuration (a consumer registered with register(bus) gets no Settings) --------------
 
-_settings_lock = threading.Lock()
-_settings: Settings | None = None
-
-
-def configure(settings: Settings) -> None:
-    """Record the process's settings (background.prepare calls it)."""
-    global _settings
-    with _settings_lock:
-        _settings = settings
-
-
-def settings() -> Settings:
-    global _settings
-    with _settings_lock:
-        if _settings is None:
-            _settings = Settings.from_env()
-        return _settings
+_settings = SettingsHolder()
+configure = _settings.configure  # background.prepare records the process's settings
+settings = _settings.current
 
 
 # --- time -----------------------------------------------------------------------------------

@@ -6,23 +6,8 @@ shape as handlers/provisioning/configuration.py."""
 
 from __future__ import annotations
 
-import threading
+from hangar.config import SettingsHolder
 
-from hangar.config import Settings
-
-_lock = threading.Lock()
-_current: Settings | None = None
-
-
-def configure(settings: Settings) -> None:
-    global _current
-    with _lock:
-        _current = settings
-
-
-def current() -> Settings:
-    global _current
-    with _lock:
-        if _current is None:
-            _current = Settings.from_env()
-        return _current
+_holder = SettingsHolder()
+configure = _holder.configure
+current = _holder.current

@@ -58,7 +58,7 @@ _VALIDATORS: dict[str, jsonschema_rs.Validator] = {}
 @pytest.fixture(autouse=True)
 def fresh_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
     """The settings an earlier app recorded (background.prepare) must not leak in or out."""
-    monkeypatch.setattr(configuration, "_current", None)
+    monkeypatch.setattr(configuration._holder, "_current", None)
 
 
 @pytest.fixture

@@ -78,7 +78,7 @@ def test_metering_charges_every_second_once_through_crashes_races_and_redelivery
         billing_tick_seconds=97,
         billing_low_balance_threshold=100,
     )
-    monkeypatch.setattr(configuration, "_current", settings)
+    monkeypatch.setattr(configuration._holder, "_current", settings)
     engine = make_engine(database_url)
     world = make_world(engine, settings)
     sessions = world.sessions

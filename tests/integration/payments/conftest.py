@@ -29,7 +29,7 @@ GOOD, DECLINED, FAILS_LATER = "4242424242424242", "4000000000000002", "400000000
 @pytest.fixture(autouse=True)
 def fresh_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
     """The settings an earlier test's app recorded (background.prepare) do not leak in."""
-    monkeypatch.setattr(configuration, "_current", None)
+    monkeypatch.setattr(configuration._holder, "_current", None)
 
 
 @pytest.fixture

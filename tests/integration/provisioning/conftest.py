@@ -22,7 +22,7 @@ def fresh_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
     """The settings an earlier test's app recorded (background.prepare) do not leak in."""
     from handlers.provisioning import configuration
 
-    monkeypatch.setattr(configuration, "_current", None)
+    monkeypatch.setattr(configuration._holder, "_current", None)
 
 
 @pytest.fixture

@@ -65,7 +65,7 @@ def test_a_thousand_launches_on_failing_hosts_leak_nothing(
         quota_vcpus=1000,
         quota_gpus=100,
     )
-    monkeypatch.setattr(configuration, "_current", settings)  # what background.prepare records
+    monkeypatch.setattr(configuration._holder, "_current", settings)  # what background.prepare records
     driver = SimDriver(seed=settings.sim_seed, delay_ms=0, failure_rate=0.2)
     rng = random.Random(2026)
     clock = utcnow()

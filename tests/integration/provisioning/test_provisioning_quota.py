@@ -49,7 +49,7 @@ def test_a_claim_committing_during_the_check_is_counted_once(
     if engine.dialect.name != "postgresql":
         pytest.skip("on SQLite the create's first write holds the database lock: no claim can commit meanwhile")
     settings = make_settings(quota_vcpus=4)
-    monkeypatch.setattr(configuration, "_current", settings)
+    monkeypatch.setattr(configuration._holder, "_current", settings)
     sessions = make_session_factory(engine)
     org = uuid.uuid4()
     first = _create(sessions, org)  # 2 of 4 vCPUs, pending

@@ -22,7 +22,7 @@ PASSWORD = "correct-horse-battery-staple"
 def fresh_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
     from handlers.provisioning import configuration
 
-    monkeypatch.setattr(configuration, "_current", None)
+    monkeypatch.setattr(configuration._holder, "_current", None)
 
 
 @pytest.fixture
