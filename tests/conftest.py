@@ -327,6 +327,11 @@ def start_server(database_url: str, log: Path, **env: str) -> LiveServer:
         "HANGAR_STORAGE_POLL_SECONDS": "0.05",
         # Credit for launches (billing holds one per create/start), like make_settings.
         "HANGAR_BILLING_SIGNUP_CREDIT": "10000000",
+        # A module shares one key and one address across many calls (the SDK round trips poll
+        # top-ups, volumes and actions, sign up several tenants and post public webhooks): the
+        # limits are not under test here (tests/unit/runtime/test_runtime_ratelimit.py is).
+        "HANGAR_RATE_LIMIT_PER_MINUTE": "100000",
+        "HANGAR_PUBLIC_RATE_LIMIT_PER_MINUTE": "100000",
         **env,
     }
     environment.pop("HANGAR_BROKER_URL", None)
