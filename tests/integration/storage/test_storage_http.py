@@ -89,9 +89,8 @@ def test_every_illegal_request_is_a_clear_409(tenant: Tenant) -> None:
     assert_problem(tenant.act(vid, "resize"), 422, "missing-size")
     free = tenant.available("data-2")
     assert_problem(tenant.act(free, "attach"), 422, "missing-instance")
-    # while an action runs: locked
-    tenant.act(vid, "detach")
-    assert_problem(tenant.act(vid, "resize", size_gib=50), 409, "resource-locked")
+    # "while an action runs: locked" is the next test's, on a slow sim: here the detach could
+    # finish before the next request on a loaded machine.
 
 
 def test_creating_and_locked_volumes_refuse_actions(
