@@ -1,4 +1,4 @@
-"""One writer per instance at a time, on both databases.
+"""One writer per instance at a time, on both databases (the mechanism is hangar/locks.py's lock_row).
 
 Every change to an instance — an API call starting an action, a saga step — begins with
 `lock_instance`, inside the transaction that makes the change:
@@ -20,20 +20,13 @@ exclusively until it commits or rolls back, and the row it holds is the latest c
 from __future__ import annotations
 
 import uuid
-from typing import Any, cast
 
-from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import set_committed_value
 
 from handlers.provisioning.tables import Instance
+from hangar.locks import LockLostError, lock_row
 
-_ATTEMPTS = 3  # the second attempt always wins (see the module doc); one spare
-
-
-class LockLostError(RuntimeError):
-    """The compare-and-set kept losing: only possible if something writes instances while
-    bypassing `lock_instance`, a bug."""
+__all__ = ["LockLostError", "lock_instance"]
 
 
 def lock_instance(
@@ -41,26 +34,4 @@ def lock_instance(
 ) -> Instance | None:
     """The instance, locked for this transaction and current, or None if there is no such
     instance (in `organization_id`, when given: another tenant's id is simply not found)."""
-    for _ in range(_ATTEMPTS):
-        stmt = select(Instance).where(Instance.id == instance_id)
-        if organization_id is not None:
-            stmt = stmt.where(Instance.organization_id == organization_id)
-        # populate_existing: a row already in this session's identity map is refreshed from
-        # the database rather than served from memory.
-        instance = session.scalars(stmt.with_for_update().execution_options(populate_existing=True)).one_or_none()
-        if instance is None or session.get_bind().dialect.name == "postgresql":
-            return instance  # the row lock is all it takes; the compare-and-set is for SQLite
-        seen = instance.revision
-        bumped = cast(
-            CursorResult[Any],
-            session.execute(
-                update(Instance)
-                .where(Instance.id == instance.id, Instance.revision == seen)
-                .values(revision=seen + 1)
-                .execution_options(synchronize_session=False)
-            ),
-        )
-        if bumped.rowcount == 1:
-            set_committed_value(instance, "revision", seen + 1)
-            return instance
-    raise LockLostError(f"instance {instance_id}: lost the revision compare-and-set {_ATTEMPTS} times")
+    return lock_row(session, Instance, instance_id, organization_id=organization_id)
