@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from handlers.billing import holds, metering, published
 from handlers.billing.metering_tables import Meter
-from hangar.db import make_engine
+from hangar.db import make_engine, utcnow
 
 pytestmark = pytest.mark.postgres
 
@@ -140,7 +140,9 @@ def _hold(world: World, org: uuid.UUID, vm: uuid.UUID, amount: int) -> uuid.UUID
             reference=holds.instance_reference(vm),
             organization_id=org,
             pending=True,
-            timeout_seconds=86_400,
+            # A day past the real clock: the consumers release holds on the real clock, and a
+            # hold that expired by it (T0 is a fixed date) is the expiry sweep's, not theirs.
+            timeout_seconds=int((utcnow() - T0).total_seconds()) + 86_400,
             now=T0,
         )
     return hold_id
