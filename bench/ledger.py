@@ -17,8 +17,12 @@ What is measured (see bench/README.md, "Ledger"):
   the overdraft check, the transfer row, both accounts' totals;
 - `transfer, own accounts`: the same, wallet → a second wallet of the client's own (no account
   shared between clients: the cost without contention);
-- `… batched`: `--batch` transfers per transaction (each still a full `transfer()` call), the
-  way a metering tick charges many organizations in one transaction;
+- `… batched`: `--batch` transfers per transaction (each still a full `transfer()` call);
+- `… batch API`: `--batch` transfers in one `ledger.apply` call per transaction (TigerBeetle's
+  `create_transfers`: the same checks, decided in memory under one lock statement, written
+  with one multi-row INSERT and one executemany of the totals — the way a metering tick
+  charges a group of organizations); its ceiling is `insert (ceiling) multi-row`, the same
+  number of rows in one multi-row INSERT per transaction;
 - each scenario runs `--clients` threads (comma-separated: each count is a row), each with its
   own connection, for `--seconds`; transfers/s = transfers committed ÷ wall time (the common
   start to the last commit). The run ends with `check_invariants` (Σ debits = Σ credits,
@@ -88,7 +92,7 @@ class Result:
     backend: str
     scenario: str
     clients: int
-    batch: int
+    batch: int  # rows per transaction; negative: written by one statement (multi-row, batch API)
     transfers: int
     seconds: float
 
@@ -133,10 +137,11 @@ def setup(engine: Engine, clients: int) -> list[tuple[uuid.UUID, uuid.UUID]]:
 
 
 def run_threads(
-    engine: Engine, clients: int, seconds: float, batch: int, work: Callable[[Session, int], None]
+    engine: Engine, clients: int, seconds: float, batch: int, work: Callable[[Session, int], int]
 ) -> tuple[int, float]:
     """Every client commits transactions of `batch` calls of `work` until `seconds` have
-    passed; (calls committed, wall time from the common start to the last commit)."""
+    passed; (rows `work` said it wrote, committed; wall time from the common start to the
+    last commit)."""
     barrier = threading.Barrier(clients + 1)
     errors: list[BaseException] = []
     counts = [0] * clients
@@ -147,10 +152,11 @@ def run_threads(
                 barrier.wait()
                 deadline = time.perf_counter() + seconds
                 while time.perf_counter() < deadline:
+                    done = 0
                     with s.begin():
                         for _ in range(batch):
-                            work(s, i)
-                    counts[i] += batch
+                            done += work(s, i)
+                    counts[i] += done
         except BaseException as exc:
             errors.append(exc)
 
@@ -174,43 +180,68 @@ def bench(backend: str, url: str, clients: int, seconds: float, batch: int) -> l
     pairs = setup(engine, clients)
     revenue = ledger.account_id("platform:revenue")
 
-    def plain(s: Session, i: int) -> None:
-        s.execute(
-            PLAIN.insert().values(
-                id=uuid.uuid4(),
-                debit_account_id=pairs[i][0],
-                credit_account_id=revenue,
-                amount=1,
-                currency="USD",
-                code="usage",
-                reference=None,
-                organization_id=None,
-                kind="single",
-                pending_id=None,
-                expires_at=None,
-                created_at=NOW,
-            )
+    def plain_row(i: int) -> dict[str, object]:
+        return {
+            "id": uuid.uuid4(),
+            "debit_account_id": pairs[i][0],
+            "credit_account_id": revenue,
+            "amount": 1,
+            "currency": "USD",
+            "code": "usage",
+            "reference": None,
+            "organization_id": None,
+            "kind": "single",
+            "pending_id": None,
+            "expires_at": None,
+            "created_at": NOW,
+        }
+
+    def plain(s: Session, i: int) -> int:
+        s.execute(PLAIN.insert().values(**plain_row(i)))
+        return 1
+
+    def plain_rows(s: Session, i: int) -> int:
+        s.execute(PLAIN.insert(), [plain_row(i) for _ in range(batch)])
+        return batch
+
+    def hot(s: Session, i: int) -> int:
+        ledger.transfer(s, id=uuid.uuid4(), debit=pairs[i][0], credit=revenue, amount=1, code="usage", now=NOW)
+        return 1
+
+    def own(s: Session, i: int) -> int:
+        ledger.transfer(s, id=uuid.uuid4(), debit=pairs[i][0], credit=pairs[i][1], amount=1, code="adjustment", now=NOW)
+        return 1
+
+    def applied(s: Session, operations: list[ledger.Operation]) -> int:
+        done = ledger.apply(s, operations, now=NOW)
+        done.views()  # a refusal would raise: every transfer of the batch must have been made
+        return len(done.written)
+
+    def hot_batch(s: Session, i: int) -> int:
+        return applied(s, [ledger.NewTransfer(uuid.uuid4(), pairs[i][0], revenue, 1, "usage") for _ in range(batch)])
+
+    def own_batch(s: Session, i: int) -> int:
+        return applied(
+            s, [ledger.NewTransfer(uuid.uuid4(), pairs[i][0], pairs[i][1], 1, "adjustment") for _ in range(batch)]
         )
 
-    def hot(s: Session, i: int) -> None:
-        ledger.transfer(s, id=uuid.uuid4(), debit=pairs[i][0], credit=revenue, amount=1, code="usage", now=NOW)
-
-    def own(s: Session, i: int) -> None:
-        ledger.transfer(s, id=uuid.uuid4(), debit=pairs[i][0], credit=pairs[i][1], amount=1, code="adjustment", now=NOW)
-
-    scenarios: list[tuple[str, Callable[[Session, int], None], int]] = [
-        ("insert (ceiling)", plain, 1),
-        ("transfer, hot account", hot, 1),
-        ("transfer, own accounts", own, 1),
-        ("insert (ceiling) batched", plain, batch),
-        ("transfer, hot account batched", hot, batch),
-        ("transfer, own accounts batched", own, batch),
+    # (name, work, calls per transaction, rows per transaction: the ceiling's key)
+    scenarios: list[tuple[str, Callable[[Session, int], int], int, int]] = [
+        ("insert (ceiling)", plain, 1, 1),
+        ("transfer, hot account", hot, 1, 1),
+        ("transfer, own accounts", own, 1, 1),
+        ("insert (ceiling) batched", plain, batch, batch),
+        ("transfer, hot account batched", hot, batch, batch),
+        ("transfer, own accounts batched", own, batch, batch),
+        ("insert (ceiling) multi-row", plain_rows, 1, -batch),
+        ("transfer, hot account batch API", hot_batch, 1, -batch),
+        ("transfer, own accounts batch API", own_batch, 1, -batch),
     ]
     results = []
-    for name, work, size in scenarios:
-        done, elapsed = run_threads(engine, clients, seconds, size, work)
+    for name, work, calls, size in scenarios:
+        done, elapsed = run_threads(engine, clients, seconds, calls, work)
         results.append(Result(backend, name, clients, size, done, elapsed))
-        print(f"  {backend:<10} {name:<32} clients={clients} batch={size}: {results[-1].rate:,.0f}/s", flush=True)
+        print(f"  {backend:<10} {name:<34} clients={clients} batch={abs(size)}: {results[-1].rate:,.0f}/s", flush=True)
     with Session(engine) as s:
         problems = ledger.check_invariants(s)
     engine.dispose()
@@ -230,7 +261,7 @@ def report(results: list[Result]) -> None:
         share = f"{r.rate / ceiling:.0%}" if ceiling and not r.scenario.startswith("insert") else "—"
         backend = "SQLite" if r.backend == "sqlite" else "PostgreSQL"
         print(
-            f"| {backend} | {r.scenario} | {r.clients} | {r.batch} | {r.transfers:,} | {r.seconds:.2f} | "
+            f"| {backend} | {r.scenario} | {r.clients} | {abs(r.batch)} | {r.transfers:,} | {r.seconds:.2f} | "
             f"{r.rate:,.0f} | {share} |"
         )
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import cast
@@ -64,8 +65,19 @@ class Hold:
 
 def open_holds(session: Session, organization_id: uuid.UUID, *, now: datetime) -> list[Hold]:
     """The organization's open holds not about to expire, oldest first."""
+    return open_holds_of(session, [organization_id], now=now).get(organization_id, [])
+
+
+def open_holds_of(
+    session: Session, organization_ids: Iterable[uuid.UUID], *, now: datetime
+) -> dict[uuid.UUID, list[Hold]]:
+    """open_holds of several organizations in one query, by organization."""
+    ids = sorted(set(organization_ids))
+    if not ids:
+        return {}
     rows = session.execute(
         select(
+            _TRANSFERS.c.organization_id,
             _TRANSFERS.c.id,
             _TRANSFERS.c.amount,
             _TRANSFERS.c.currency,
@@ -74,24 +86,28 @@ def open_holds(session: Session, organization_id: uuid.UUID, *, now: datetime) -
             _OPEN.c.expires_at,
         )
         .join(_OPEN, _OPEN.c.pending_id == _TRANSFERS.c.id)
-        .where(_TRANSFERS.c.organization_id == organization_id, _TRANSFERS.c.code == HOLD_CODE)
+        .where(_TRANSFERS.c.organization_id.in_(ids), _TRANSFERS.c.code == HOLD_CODE)
         .order_by(_TRANSFERS.c.created_at, _TRANSFERS.c.id)
     ).all()
-    return [
-        Hold(r.id, r.amount, r.currency, r.reference, r.created_at, r.expires_at)
-        for r in rows
-        if r.expires_at is None or r.expires_at > now + EXPIRY_MARGIN
-    ]
+    found: dict[uuid.UUID, list[Hold]] = {}
+    for r in rows:
+        if r.expires_at is None or r.expires_at > now + EXPIRY_MARGIN:
+            found.setdefault(r.organization_id, []).append(
+                Hold(r.id, r.amount, r.currency, r.reference, r.created_at, r.expires_at)
+            )
+    return found
+
+
+def settle(hold: Hold, amount: int) -> published.Resolution:
+    """The ledger operation that settles `hold` for `amount` (≤ its amount; 0 = release it all)."""
+    if amount > 0:
+        return published.Resolution(uuid.uuid5(_NS, f"post:{hold.id}"), hold.id, "post", amount)
+    return published.Resolution(uuid.uuid5(_NS, f"void:{hold.id}"), hold.id, "void")
 
 
 def post_hold(session: Session, hold: Hold, amount: int, *, now: datetime) -> None:
     """Settle `hold` for `amount` (≤ its amount; 0 = release it all)."""
-    if amount > 0:
-        published.post_pending(
-            session, id=uuid.uuid5(_NS, f"post:{hold.id}"), pending_id=hold.id, amount=amount, now=now
-        )
-    else:
-        published.void_pending(session, id=uuid.uuid5(_NS, f"void:{hold.id}"), pending_id=hold.id, now=now)
+    published.apply(session, [settle(hold, amount)], now=now).views()
 
 
 def void_instance_holds(session: Session, organization_id: uuid.UUID, instance_id: uuid.UUID, *, now: datetime) -> int:

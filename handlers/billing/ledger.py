@@ -231,22 +231,26 @@ def lock_accounts(session: Session, account_ids: Iterable[uuid.UUID]) -> dict[uu
     current rows. A caller making several transfers in one transaction locks every account
     it will touch up front with this, so its locks, too, are taken in one global order."""
     ordered = sorted(set(account_ids))
-    if session.get_bind().dialect.name == "sqlite":
-        # The transaction's write lock: serialises writers, so the reads below are current.
-        session.execute(_TAKE_WRITE_LOCK)
-    rows = session.execute(_LOCK, {"ids": ordered}).all()
-    found = {row.id: row for row in rows}
+    found = _lock(session, ordered)
     missing = [str(i) for i in ordered if i not in found]
     if missing:
         raise LedgerError("account_not_found", f"no such account: {', '.join(missing)}")
     return found
 
 
+def missing_accounts(session: Session, account_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
+    """Those of these accounts that do not exist (yet)."""
+    wanted = set(account_ids)
+    if not wanted:
+        return set()
+    return wanted - set(session.execute(select(ACCOUNTS.c.id).where(ACCOUNTS.c.id.in_(sorted(wanted)))).scalars())
+
+
 def balance(session: Session, account_id: uuid.UUID) -> Balance:
     row = session.execute(select(ACCOUNTS).where(ACCOUNTS.c.id == account_id)).first()
     if row is None:
         raise LedgerError("account_not_found", f"no such account: {account_id}")
-    return _balance(row)
+    return balance_of(row)
 
 
 def wallet_balance(session: Session, organization_id: uuid.UUID, *, currency: str = CURRENCY) -> Balance:
@@ -255,7 +259,7 @@ def wallet_balance(session: Session, organization_id: uuid.UUID, *, currency: st
     row = session.execute(select(ACCOUNTS).where(ACCOUNTS.c.id == wallet_id)).first()
     if row is None:
         return Balance(None, currency, 0, 0, 0, 0, 0)
-    return _balance(row)
+    return balance_of(row)
 
 
 def set_credit_limit(session: Session, organization_id: uuid.UUID, credit_limit: int, *, now: datetime) -> Balance:
@@ -277,7 +281,88 @@ def set_credit_limit(session: Session, organization_id: uuid.UUID, credit_limit:
     return balance(session, wallet_id)
 
 
-# --- transfers ------------------------------------------------------------------------------------
+# --- transfers: one engine, batches of operations ---------------------------------------------
+#
+# Every write to the ledger goes through `apply`: a batch of operations (new transfers and
+# resolutions of holds), TigerBeetle's `create_transfers` in spirit. Each operation succeeds
+# or is refused on its own, in order, against the state the earlier ones left; a refused one
+# writes nothing. However long the batch, it costs the same handful of statements: load the
+# holds it resolves, lock every account it touches (one SELECT … FOR UPDATE in id order),
+# read the transfers that already exist under its ids, decide everything in memory, then one
+# multi-row INSERT of the new transfers, one executemany of the accounts' new totals and the
+# open-holds list's inserts and deletes. `transfer`, `post_pending`, `void_pending` and
+# `expire_pending` are batches of their own.
+
+
+@dataclass(frozen=True)
+class NewTransfer:
+    """Move `amount` from `debit` to `credit`; pending=True reserves it instead (a hold),
+    lapsing after `timeout_seconds` unless posted or voided first."""
+
+    id: uuid.UUID
+    debit: uuid.UUID
+    credit: uuid.UUID
+    amount: int
+    code: str
+    reference: str | None = None
+    organization_id: uuid.UUID | None = None
+    pending: bool = False
+    timeout_seconds: int | None = None
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Resolve the hold `pending_id`: "post" moves `amount` (≤ the held amount; None = all of
+    it) and releases the rest, "void" releases it all, "expire" releases a lapsed one."""
+
+    id: uuid.UUID
+    pending_id: uuid.UUID
+    kind: str
+    amount: int | None = None
+
+
+Operation = NewTransfer | Resolution
+RESOLUTION_KINDS = ("post", "void", "expire")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What `apply` did: one result per operation (the transfer, or why it was refused), the
+    ids it wrote (an identical repeat of an existing transfer is a result, not a write), and
+    the balance after the batch of every account it locked."""
+
+    results: list[TransferView | LedgerError]
+    written: frozenset[uuid.UUID]
+    balances: dict[uuid.UUID, Balance]
+
+    def views(self) -> list[TransferView]:
+        """The transfers, or the first refusal raised."""
+        for result in self.results:
+            if isinstance(result, LedgerError):
+                raise result
+        return cast(list[TransferView], self.results)
+
+
+_HOLDS = select(TRANSFERS).where(TRANSFERS.c.id.in_(bindparam("ids", expanding=True)))
+_BY_IDS = _WITH_STATUS.where(TRANSFERS.c.id.in_(bindparam("ids", expanding=True)))
+_RESOLVED = select(TRANSFERS.c.pending_id, TRANSFERS.c.kind).where(
+    TRANSFERS.c.pending_id.in_(bindparam("ids", expanding=True))
+)
+_CLOSE = delete(OPEN).where(OPEN.c.pending_id.in_(bindparam("ids", expanding=True)))
+_ALREADY = {"post": "already_posted", "void": "already_voided", "expire": "expired"}
+_WRITE_ATTEMPTS = 3
+
+
+def apply(session: Session, operations: Sequence[Operation], *, now: datetime) -> Batch:
+    """Apply `operations` in order, in the caller's transaction (see the section's comment)."""
+    for _ in range(_WRITE_ATTEMPTS):
+        batch = _Evaluation(session, operations, now).run()
+        if batch is not None:
+            return batch
+    raise LedgerError(
+        "exists_with_different_fields",
+        "transfers of this batch kept being written concurrently with other fields; nothing was written",
+    )
 
 
 def transfer(
@@ -296,76 +381,8 @@ def transfer(
 ) -> TransferView:
     """Move `amount` from `debit` to `credit` (pending=True: reserve it, a hold). Idempotent
     by id: an identical repeat returns the existing transfer."""
-    _check_amount(amount)
-    if debit == credit:
-        raise LedgerError("same_account", "a transfer needs two different accounts")
-    if not code or len(code) > 32:
-        raise LedgerError("invalid_code", "a transfer code is 1 to 32 characters")
-    if reference is not None and len(reference) > 255:
-        raise LedgerError("invalid_reference", "a reference is at most 255 characters")
-    if timeout_seconds is not None and (not pending or not 0 < timeout_seconds <= MAX_TIMEOUT_SECONDS):
-        raise LedgerError("invalid_timeout", "a timeout is for holds only, 1 second to 366 days")
-    accounts = lock_accounts(session, [debit, credit])
-    d, c = accounts[debit], accounts[credit]
-    if d.currency != c.currency:
-        raise LedgerError("currency_mismatch", f"the accounts hold {d.currency} and {c.currency}")
-    expires_at = now + timedelta(seconds=timeout_seconds) if timeout_seconds else None
-    wanted = {
-        "debit_account_id": debit,
-        "credit_account_id": credit,
-        "amount": amount,
-        "code": code,
-        "reference": reference,
-        "organization_id": organization_id,
-        "kind": "pending" if pending else "single",
-        "timeout": timeout_seconds,
-    }
-    existing = _existing(session, id)
-    if existing is not None:
-        return _same_or_refuse(existing, wanted)
-    if d.debits_must_not_exceed_credits and (
-        d.debits_pending + d.debits_posted + amount > d.credits_posted + d.credit_limit
-    ):
-        available = d.credits_posted + d.credit_limit - d.debits_pending - d.debits_posted
-        raise InsufficientFunds(f"{amount} {d.currency} needed, {max(available, 0)} available")
-    side = "pending" if pending else "posted"
-    _check_overflow(d, f"debits_{side}", amount)
-    _check_overflow(c, f"credits_{side}", amount)
-    row = {
-        "id": id,
-        "debit_account_id": debit,
-        "credit_account_id": credit,
-        "amount": amount,
-        "currency": d.currency,
-        "code": code,
-        "reference": reference,
-        "organization_id": organization_id,
-        "kind": wanted["kind"],
-        "pending_id": None,
-        "expires_at": expires_at,
-        "created_at": now,
-    }
-    if not _insert_ignore(session, TRANSFERS, row):
-        raise LedgerError("exists_with_different_fields", f"transfer {id} was just written with other accounts")
-    _move(session, debit, credit, {f"debits_{side}": amount}, {f"credits_{side}": amount}, now)
-    if pending:
-        session.execute(insert(OPEN).values(pending_id=id, expires_at=expires_at))
-    return TransferView(
-        id=id,
-        debit_account_id=debit,
-        credit_account_id=credit,
-        amount=amount,
-        currency=d.currency,
-        code=code,
-        reference=reference,
-        pending=pending,
-        pending_id=None,
-        status="pending" if pending else "posted",
-        created_at=now,
-        expires_at=expires_at,
-        organization_id=organization_id,
-        kind=str(wanted["kind"]),
-    )
+    operation = NewTransfer(id, debit, credit, amount, code, reference, organization_id, pending, timeout_seconds)
+    return apply(session, [operation], now=now).views()[0]
 
 
 def post_pending(
@@ -378,14 +395,12 @@ def post_pending(
 ) -> TransferView:
     """Settle a hold: `amount` (≤ the held amount; None = all of it) moves, the rest is
     released. Resolves the hold; idempotent by id."""
-    if amount is not None:
-        _check_amount(amount)
-    return _resolve(session, "post", id, pending_id, amount, now=now)
+    return apply(session, [Resolution(id, pending_id, "post", amount)], now=now).views()[0]
 
 
 def void_pending(session: Session, *, id: uuid.UUID, pending_id: uuid.UUID, now: datetime) -> TransferView:
     """Release a hold in full. Resolves the hold; idempotent by id."""
-    return _resolve(session, "void", id, pending_id, None, now=now)
+    return apply(session, [Resolution(id, pending_id, "void")], now=now).views()[0]
 
 
 def expire_pending(session: Session, *, now: datetime, limit: int = 1000) -> int:
@@ -404,83 +419,268 @@ def expire_pending(session: Session, *, now: datetime, limit: int = 1000) -> int
     )
     if not due:
         return 0
-    holds = session.execute(select(TRANSFERS).where(TRANSFERS.c.id.in_(due))).all()
-    # Every account up front, in one order: this transaction resolves many holds.
-    lock_accounts(session, [a for h in holds for a in (h.debit_account_id, h.credit_account_id)])
-    still_open = set(session.execute(select(OPEN.c.pending_id).where(OPEN.c.pending_id.in_(due))).scalars())
-    expired = 0
-    for hold in holds:
-        if hold.id not in still_open:
-            continue  # another sweep, a post or a void got there first
-        _write_resolution(session, "expire", _expiry_id(hold.id), hold, hold.amount, now)
-        expired += 1
-    return expired
+    batch = apply(session, [Resolution(_expiry_id(hold), hold, "expire") for hold in due], now=now)
+    return len(batch.written)  # a hold another sweep, a post or a void got to first is refused
 
 
 def _expiry_id(pending_id: uuid.UUID) -> uuid.UUID:
     return uuid.uuid5(_NAMESPACE, f"expire:{pending_id}")
 
 
-def _resolve(
-    session: Session,
-    kind: str,
-    resolution_id: uuid.UUID,
-    pending_id: uuid.UUID,
-    amount: int | None,
-    *,
-    now: datetime,
-) -> TransferView:
-    hold = session.execute(select(TRANSFERS).where(TRANSFERS.c.id == pending_id)).first()
-    if hold is None or hold.kind != "pending":
-        raise LedgerError("pending_not_found", f"no pending transfer {pending_id}")
-    lock_accounts(session, [hold.debit_account_id, hold.credit_account_id])
-    existing = _existing(session, resolution_id)
-    if existing is not None:
-        if (
-            existing.kind != kind
-            or existing.pending_id != pending_id
-            or (amount is not None and existing.amount != amount)
-        ):
-            raise LedgerError("exists_with_different_fields", f"transfer {resolution_id} exists with different fields")
-        return existing
-    resolution = session.execute(select(TRANSFERS.c.kind).where(TRANSFERS.c.pending_id == pending_id)).first()
-    if resolution is not None:
-        already = {"post": "already_posted", "void": "already_voided", "expire": "expired"}[resolution.kind]
-        raise LedgerError(already, f"pending transfer {pending_id} was already resolved ({resolution.kind})")
-    if hold.expires_at is not None and now >= hold.expires_at:
-        raise LedgerError("expired", f"pending transfer {pending_id} expired at {hold.expires_at.isoformat()}")
-    settled = hold.amount if amount is None or kind == "void" else amount
-    if settled > hold.amount:
-        raise LedgerError("exceeds_pending_amount", f"{settled} is more than the {hold.amount} held")
-    return _write_resolution(session, kind, resolution_id, hold, settled, now)
+def _refusal(operation: Operation) -> LedgerError | None:
+    """What is wrong with the operation on its face (no database needed)."""
+    try:
+        if isinstance(operation, Resolution):
+            if operation.kind not in RESOLUTION_KINDS:
+                return LedgerError("invalid_kind", f"a resolution is one of {', '.join(RESOLUTION_KINDS)}")
+            if operation.amount is not None:
+                if operation.kind != "post":
+                    return LedgerError("invalid_amount", "only a post takes an amount")
+                _check_amount(operation.amount)
+            return None
+        _check_amount(operation.amount)
+    except LedgerError as refused:
+        return refused
+    if operation.debit == operation.credit:
+        return LedgerError("same_account", "a transfer needs two different accounts")
+    if not operation.code or len(operation.code) > 32:
+        return LedgerError("invalid_code", "a transfer code is 1 to 32 characters")
+    if operation.reference is not None and len(operation.reference) > 255:
+        return LedgerError("invalid_reference", "a reference is at most 255 characters")
+    timeout = operation.timeout_seconds
+    if timeout is not None and (not operation.pending or not 0 < timeout <= MAX_TIMEOUT_SECONDS):
+        return LedgerError("invalid_timeout", "a timeout is for holds only, 1 second to 366 days")
+    return None
 
 
-def _write_resolution(
-    session: Session, kind: str, resolution_id: uuid.UUID, hold: Row[Any], amount: int, now: datetime
-) -> TransferView:
-    row = {
-        "id": resolution_id,
-        "debit_account_id": hold.debit_account_id,
-        "credit_account_id": hold.credit_account_id,
-        "amount": amount,
-        "currency": hold.currency,
-        "code": hold.code,
-        "reference": hold.reference,
-        "organization_id": hold.organization_id,
-        "kind": kind,
-        "pending_id": hold.id,
-        "expires_at": None,
-        "created_at": now,
-    }
-    if not _insert_ignore(session, TRANSFERS, row):
-        raise LedgerError("exists_with_different_fields", f"transfer {resolution_id} was just written")
-    posted = amount if kind == "post" else 0
-    debit_delta = {"debits_pending": -hold.amount, "debits_posted": posted}
-    credit_delta = {"credits_pending": -hold.amount, "credits_posted": posted}
-    _move(session, hold.debit_account_id, hold.credit_account_id, debit_delta, credit_delta, now)
-    session.execute(delete(OPEN).where(OPEN.c.pending_id == hold.id))
-    status = {"post": "posted", "void": "voided", "expire": "expired"}[kind]
-    return _view(row, status)
+class _Evaluation:
+    """One attempt at a batch: read, decide in memory, write. `run` returns None when a
+    concurrent transaction wrote one of the batch's ids first (nothing of this attempt is
+    kept); `apply` then tries again, and the next read sees that transfer."""
+
+    def __init__(self, session: Session, operations: Sequence[Operation], now: datetime) -> None:
+        self.session = session
+        self.operations = operations
+        self.now = now
+        self.accounts: dict[uuid.UUID, Row[Any]] = {}  # locked, as read
+        self.totals: dict[uuid.UUID, list[int]] = {}  # account → _COLUMNS as the batch leaves them
+        self.stored: dict[uuid.UUID, TransferView] = {}  # transfers already under the batch's ids
+        self.holds: dict[uuid.UUID, Any] = {}  # holds by id (stored and this batch's)
+        self.resolved: dict[uuid.UUID, str] = {}  # hold id → kind of its resolution
+        self.rows: list[dict[str, Any]] = []  # transfers to insert, in order
+        self.views: dict[uuid.UUID, TransferView] = {}  # this batch's transfers by id
+        self.opened: list[dict[str, Any]] = []
+        self.closed: list[uuid.UUID] = []
+
+    def run(self) -> Batch | None:
+        session = self.session
+        refusals = [_refusal(op) for op in self.operations]
+        valid = [op for op, refused in zip(self.operations, refusals, strict=True) if refused is None]
+        held = sorted({op.pending_id for op in valid if isinstance(op, Resolution)})
+        if held:  # a hold's row never changes: it may be read before the locks
+            self.holds = {row.id: row._mapping for row in session.execute(_HOLDS, {"ids": held})}
+        touched: set[uuid.UUID] = set()
+        for op in valid:
+            if isinstance(op, NewTransfer):
+                touched.update((op.debit, op.credit))
+            elif op.pending_id in self.holds:
+                touched.update(
+                    (self.holds[op.pending_id]["debit_account_id"], self.holds[op.pending_id]["credit_account_id"])
+                )
+        if touched:
+            self.accounts = _lock(session, touched)
+            self.totals = {a: [getattr(row, c) for c in _COLUMNS] for a, row in self.accounts.items()}
+        # Under the locks: what exists already, and which holds are resolved, is current.
+        if valid:
+            found = session.execute(_BY_IDS, {"ids": sorted({op.id for op in valid})}).all()
+            self.stored = {view.id: view for view in transfer_views(session, found)}
+        if held:
+            self.resolved = {row.pending_id: row.kind for row in session.execute(_RESOLVED, {"ids": held})}
+        results: list[TransferView | LedgerError] = []
+        for op, refused in zip(self.operations, refusals, strict=True):
+            if refused is None:
+                try:
+                    results.append(self._new(op) if isinstance(op, NewTransfer) else self._resolve(op))
+                except LedgerError as refusal:
+                    results.append(refusal)
+            else:
+                results.append(refused)
+        if self.rows and not self._write():
+            return None
+        balances = {
+            a: Balance(a, row.currency, t[3], t[1], t[2], t[0], row.credit_limit)
+            for a, row in self.accounts.items()
+            for t in [self.totals[a]]
+        }
+        return Batch(results, frozenset(r["id"] for r in self.rows), balances)
+
+    # --- deciding ---------------------------------------------------------------------------
+
+    def _account(self, account: uuid.UUID) -> Row[Any]:
+        row = self.accounts.get(account)
+        if row is None:
+            raise LedgerError("account_not_found", f"no such account: {account}")
+        return row
+
+    def _earlier(self, transfer_id: uuid.UUID) -> TransferView | None:
+        return self.views.get(transfer_id) or self.stored.get(transfer_id)
+
+    def _new(self, op: NewTransfer) -> TransferView:
+        d, c = self._account(op.debit), self._account(op.credit)
+        if d.currency != c.currency:
+            raise LedgerError("currency_mismatch", f"the accounts hold {d.currency} and {c.currency}")
+        kind = "pending" if op.pending else "single"
+        earlier = self._earlier(op.id)
+        if earlier is not None:
+            return _same_or_refuse(
+                earlier,
+                {
+                    "debit_account_id": op.debit,
+                    "credit_account_id": op.credit,
+                    "amount": op.amount,
+                    "code": op.code,
+                    "reference": op.reference,
+                    "organization_id": op.organization_id,
+                    "kind": kind,
+                    "timeout": op.timeout_seconds,
+                },
+            )
+        dpe, dpo, _, cpo = self.totals[op.debit]
+        if d.debits_must_not_exceed_credits and dpe + dpo + op.amount > cpo + d.credit_limit:
+            available = cpo + d.credit_limit - dpe - dpo
+            raise InsufficientFunds(f"{op.amount} {d.currency} needed, {max(available, 0)} available")
+        debit_column, credit_column = (0, 2) if op.pending else (1, 3)
+        self._check_room(op.debit, d, debit_column, op.amount)
+        self._check_room(op.credit, c, credit_column, op.amount)
+        expires_at = self.now + timedelta(seconds=op.timeout_seconds) if op.timeout_seconds else None
+        row = {
+            "id": op.id,
+            "debit_account_id": op.debit,
+            "credit_account_id": op.credit,
+            "amount": op.amount,
+            "currency": d.currency,
+            "code": op.code,
+            "reference": op.reference,
+            "organization_id": op.organization_id,
+            "kind": kind,
+            "pending_id": None,
+            "expires_at": expires_at,
+            "created_at": self.now,
+        }
+        self.totals[op.debit][debit_column] += op.amount
+        self.totals[op.credit][credit_column] += op.amount
+        if op.pending:
+            self.holds[op.id] = row
+            self.opened.append({"pending_id": op.id, "expires_at": expires_at})
+        return self._record(row, "pending" if op.pending else "posted")
+
+    def _resolve(self, op: Resolution) -> TransferView:
+        hold = self.holds.get(op.pending_id)
+        if hold is None or hold["kind"] != "pending":
+            raise LedgerError("pending_not_found", f"no pending transfer {op.pending_id}")
+        earlier = self._earlier(op.id)
+        if earlier is not None:
+            if (
+                earlier.kind != op.kind
+                or earlier.pending_id != op.pending_id
+                or (op.amount is not None and earlier.amount != op.amount)
+            ):
+                raise LedgerError("exists_with_different_fields", f"transfer {op.id} exists with different fields")
+            return earlier
+        debit, credit = hold["debit_account_id"], hold["credit_account_id"]
+        for account in (debit, credit):
+            self._account(account)
+        resolution = self.resolved.get(op.pending_id)
+        if resolution is not None:
+            raise LedgerError(
+                _ALREADY[resolution], f"pending transfer {op.pending_id} was already resolved ({resolution})"
+            )
+        expires_at = _aware(hold["expires_at"])
+        lapsed = expires_at is not None and self.now >= expires_at
+        if op.kind == "expire" and not lapsed:
+            raise LedgerError("not_expired", f"pending transfer {op.pending_id} has not reached its timeout")
+        if op.kind != "expire" and expires_at is not None and lapsed:
+            raise LedgerError("expired", f"pending transfer {op.pending_id} expired at {expires_at.isoformat()}")
+        settled = hold["amount"] if op.amount is None or op.kind != "post" else op.amount
+        if settled > hold["amount"]:
+            raise LedgerError("exceeds_pending_amount", f"{settled} is more than the {hold['amount']} held")
+        posted = settled if op.kind == "post" else 0
+        self._check_room(debit, self.accounts[debit], 1, posted)
+        self._check_room(credit, self.accounts[credit], 3, posted)
+        row = {
+            "id": op.id,
+            "debit_account_id": debit,
+            "credit_account_id": credit,
+            "amount": settled,
+            "currency": hold["currency"],
+            "code": hold["code"],
+            "reference": hold["reference"],
+            "organization_id": hold["organization_id"],
+            "kind": op.kind,
+            "pending_id": op.pending_id,
+            "expires_at": None,
+            "created_at": self.now,
+        }
+        self.totals[debit][0] -= hold["amount"]
+        self.totals[debit][1] += posted
+        self.totals[credit][2] -= hold["amount"]
+        self.totals[credit][3] += posted
+        self.resolved[op.pending_id] = op.kind
+        self.closed.append(op.pending_id)
+        return self._record(row, {"post": "posted", "void": "voided", "expire": "expired"}[op.kind])
+
+    def _check_room(self, account: uuid.UUID, row: Row[Any], column: int, amount: int) -> None:
+        if self.totals[account][column] + amount > MAX_TOTAL:
+            raise LedgerError("invalid_amount", f"account {row.code}: {_COLUMNS[column]} would overflow")
+
+    def _record(self, row: dict[str, Any], status: str) -> TransferView:
+        self.rows.append(row)
+        view = _view(row, status)
+        self.views[row["id"]] = view
+        return view
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def _write(self) -> bool:
+        """Write what was decided; False (nothing of it kept) when a concurrent transaction
+        inserted one of these ids first — the only write the account locks do not serialise."""
+        session = self.session
+        savepoint = session.begin_nested() if len(self.rows) > 1 else None
+        inserted = set(session.execute(_insert_returning(session), self.rows).scalars())
+        if len(inserted) != len(self.rows):
+            if savepoint is not None:
+                savepoint.rollback()
+            return False
+        changed = [
+            {
+                "account": account,
+                "dpe": totals[0] - row.debits_pending,
+                "dpo": totals[1] - row.debits_posted,
+                "cpe": totals[2] - row.credits_pending,
+                "cpo": totals[3] - row.credits_posted,
+                "now": self.now,
+            }
+            for account, row in sorted(self.accounts.items())
+            for totals in [self.totals[account]]
+            if totals != [getattr(row, c) for c in _COLUMNS]
+        ]
+        if changed:
+            session.execute(_MOVE, changed)
+        if self.opened:
+            session.execute(insert(OPEN), self.opened)
+        if self.closed:
+            session.execute(_CLOSE, {"ids": self.closed})
+        if savepoint is not None:
+            savepoint.commit()
+        return True
+
+
+def _lock(session: Session, account_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Row[Any]]:
+    """Lock the accounts that exist among these (in id order) and return their rows."""
+    if session.get_bind().dialect.name == "sqlite":
+        # The transaction's write lock: serialises writers, so the reads below are current.
+        session.execute(_TAKE_WRITE_LOCK)
+    return {row.id: row for row in session.execute(_LOCK, {"ids": sorted(set(account_ids))})}
 
 
 # --- reading transfers ----------------------------------------------------------------------------
@@ -668,7 +868,8 @@ def _check_overflow(account: Row[Any], column: str, amount: int) -> None:
         raise LedgerError("invalid_amount", f"account {account.code}: {column} would overflow")
 
 
-def _balance(row: Row[Any]) -> Balance:
+def balance_of(row: Row[Any]) -> Balance:
+    """The Balance of an account row (as lock_accounts returns them)."""
     return Balance(
         account_id=row.id,
         currency=row.currency,
@@ -680,33 +881,9 @@ def _balance(row: Row[Any]) -> Balance:
     )
 
 
-def _move(
-    session: Session,
-    debit: uuid.UUID,
-    credit: uuid.UUID,
-    debit_delta: dict[str, int],
-    credit_delta: dict[str, int],
-    now: datetime,
-) -> None:
-    # Increments (the locks are already held), both accounts in one executemany.
-    session.execute(
-        _MOVE,
-        [
-            {
-                "account": account,
-                "dpe": delta.get("debits_pending", 0),
-                "dpo": delta.get("debits_posted", 0),
-                "cpe": delta.get("credits_pending", 0),
-                "cpo": delta.get("credits_posted", 0),
-                "now": now,
-            }
-            for account, delta in sorted(((debit, debit_delta), (credit, credit_delta)), key=lambda p: p[0])
-        ],
-    )
-
-
-def _insert_ignore(session: Session, table: Table, values: dict[str, Any]) -> bool:
-    """INSERT that does nothing on a uniqueness conflict; True if the row was inserted."""
+def _insert_returning(session: Session, table: Table = TRANSFERS) -> Any:
+    """INSERT … ON CONFLICT DO NOTHING RETURNING the key, built once per dialect and table:
+    executed with many rows it returns the keys of the rows it inserted."""
     dialect = session.get_bind().dialect.name
     stmt = _INSERTS.get((dialect, table.name))
     if stmt is None:
@@ -719,4 +896,9 @@ def _insert_ignore(session: Session, table: Table, values: dict[str, Any]) -> bo
         # RETURNING, not rowcount: psycopg reports -1 for an INSERT … ON CONFLICT through SQLAlchemy.
         stmt = stmt.returning(next(iter(table.primary_key.columns)))
         _INSERTS[(dialect, table.name)] = stmt
-    return session.execute(stmt, values).first() is not None
+    return stmt
+
+
+def _insert_ignore(session: Session, table: Table, values: dict[str, Any]) -> bool:
+    """INSERT that does nothing on a uniqueness conflict; True if the row was inserted."""
+    return session.execute(_insert_returning(session, table), values).first() is not None

@@ -572,7 +572,7 @@ class PublishapikeyrevokedRouter(Publisher[json.ApiKeyRevoked]):
 
 
 class PublishbalancedepletedRouter(Publisher[json.BillingBalanceDepleted]):
-    """Published by the metering tick when the spendable balance cannot fund the next tick of the running resources (or a charge went uncollected); again only after it recovered or nothing runs any more."""
+    """Published by the metering tick when the spendable balance cannot fund the next tick of the running resources (or a charge went uncollected), and again at every tick that still finds instances of the organization running on it (an instance that was mid-action is stopped once its action is over). Consumers must be idempotent."""
 
     class Inputs(Publisher.Inputs):
         """Base inputs (no channel parameters)."""
@@ -588,7 +588,7 @@ class PublishbalancedepletedRouter(Publisher[json.BillingBalanceDepleted]):
             action="send",
             title=None,
             summary=None,
-            description="Published by the metering tick when the spendable balance cannot fund the next tick of the running resources (or a charge went uncollected); again only after it recovered or nothing runs any more.",
+            description="Published by the metering tick when the spendable balance cannot fund the next tick of the running resources (or a charge went uncollected), and again at every tick that still finds instances of the organization running on it (an instance that was mid-action is stopped once its action is over). Consumers must be idempotent.",
             channel=spec.Channel(
                 address="billing.billing.balance_depleted",
                 title=None,

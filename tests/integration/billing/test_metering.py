@@ -162,10 +162,10 @@ def test_funding_draws_on_holds_then_the_balance_then_uncollected(world: World) 
     assert world.balance(org).posted == 0 and world.balance(org).available == 0
     assert world.charged(org) == 36
     assert world.invariants() == []
-    # Out of money while it runs: depleted, once.
+    # Out of money while it runs: depleted — and again at the next tick, as it still runs.
     assert len(world.events("billing.balance_depleted")) == 1
     world.tick(T0 + minutes(61))
-    assert len(world.events("billing.balance_depleted")) == 1
+    assert len(world.events("billing.balance_depleted")) == 2
 
 
 def test_a_rolling_hold_reserves_the_running_resources_minimum_run_time(world: World) -> None:
@@ -185,7 +185,7 @@ def test_a_rolling_hold_reserves_the_running_resources_minimum_run_time(world: W
     assert world.invariants() == []
 
 
-def test_low_and_depleted_are_emitted_once_per_crossing_and_rearmed_by_a_top_up(world: World) -> None:
+def test_low_is_emitted_once_per_crossing_and_depleted_until_the_instances_stop(world: World) -> None:
     org, vm = uuid.uuid4(), uuid.uuid4()
     world.fund(org, 620)
     world.deliver(running(org, vm, T0, price=3600))  # 1 cent a second, 60 a tick
@@ -205,9 +205,16 @@ def test_low_and_depleted_are_emitted_once_per_crossing_and_rearmed_by_a_top_up(
     assert world.events("billing.balance_depleted") == []
     for minute in range(20, 30):
         world.tick(T0 + minutes(minute))
-    # 60 left at 26 minutes funds one more tick; at 27 nothing is left: depleted, once.
+    # 60 left at 26 minutes funds one more tick; at 27 nothing is left: depleted. The event
+    # comes again on every tick that still finds the instance running (provisioning leaves an
+    # instance that is mid-action alone), and no more once it has stopped.
     depleted = world.events("billing.balance_depleted")
-    assert len(depleted) == 1 and depleted[0]["data"]["currency"] == "USD"
+    assert [e["occurred_at"][11:16] for e in depleted] == ["12:27", "12:28", "12:29"]
+    assert depleted[0]["data"]["currency"] == "USD"
+    world.deliver(stopped(org, vm, T0 + minutes(29.5)))
+    world.tick(T0 + minutes(30))
+    world.tick(T0 + minutes(31))
+    assert len(world.events("billing.balance_depleted")) == 3
     assert world.invariants() == []
     assert world.balance(org).posted >= 0  # never below the (zero) credit limit
 

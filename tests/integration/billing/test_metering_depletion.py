@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from handlers.billing import metering, published
@@ -110,3 +110,81 @@ def _meter_running(sessions: sessionmaker[Session], instance_id: str) -> bool:
 
     with sessions() as session:
         return session.query(MeterEdge).filter(MeterEdge.resource_id == uuid.UUID(instance_id)).count() > 0
+
+
+@pytest.fixture
+def slow_client(engine: Engine, make_settings: Callable[..., Any], cheap_passwords: None) -> Iterator[Any]:
+    """As `client`, on a slow simulated host: every operation takes 1–3 s."""
+    from starlette.testclient import TestClient
+
+    from handlers.provisioning import configuration
+    from hangar.app import create_app
+
+    settings = make_settings(run_relay=True, billing_signup_credit=20, billing_tick_seconds=3600, sim_delay_ms=2000)
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+    configuration.configure(make_settings())
+
+
+def test_an_instance_mid_action_when_credit_runs_out_is_stopped_once_the_action_is_over(
+    slow_client: Any, engine: Engine, make_settings: Callable[..., Any]
+) -> None:
+    from handlers.provisioning.consumers import DEPLETION
+    from hangar import inbox
+    from hangar.outbox import OutboxEvent
+
+    client = slow_client
+    body = client.post(
+        "/v1/signup",
+        json={"email": f"o-{uuid.uuid4().hex[:8]}@example.com", "password": PASSWORD, "organization": "Acme"},
+    ).json()
+    headers = {"Authorization": f"Bearer {body['secret']}"}
+    org = uuid.UUID(body["organization"]["id"])
+    launch = {"name": "web-1", "region": "fra1", "instance_type": "cpu-2", "image": "ubuntu-24.04"}
+    instance_id = client.post("/v1/instances", headers=headers, json=launch).json()["instance"]["id"]
+
+    def state() -> str:
+        return str(client.get(f"/v1/instances/{instance_id}", headers=headers).json()["state"])
+
+    wait_for(lambda: state() == "running")
+    sessions = sessionmaker(engine, expire_on_commit=False)
+    settings = make_settings(billing_signup_credit=20, billing_tick_seconds=60)
+    wait_for(lambda: _meter_running(sessions, instance_id))
+    start = utcnow()
+    metering.tick(sessions, settings, now=start + timedelta(hours=6))
+
+    # A reboot is under way when the credit runs out: provisioning leaves the instance to it.
+    assert (
+        client.post(f"/v1/instances/{instance_id}/actions", headers=headers, json={"type": "reboot"}).status_code == 202
+    )
+    metering.tick(sessions, settings, now=start + timedelta(hours=7))
+
+    def depletions() -> list[uuid.UUID]:
+        with sessions() as session:
+            return list(
+                session.scalars(
+                    select(OutboxEvent.id).where(
+                        OutboxEvent.type == "billing.balance_depleted", OutboxEvent.organization_id == org
+                    )
+                )
+            )
+
+    def handled(event_id: uuid.UUID) -> bool:
+        with sessions() as session:
+            return inbox.already_processed(session, DEPLETION, event_id)
+
+    [first] = depletions()
+    wait_for(lambda: handled(first))
+    assert state() == "rebooting", "the reboot ended before the depletion arrived: the test proves nothing"
+    wait_for(lambda: state() == "running")
+
+    # The next tick still finds it running on a depleted balance, says so again, and this
+    # time the stop goes through.
+    metering.tick(sessions, settings, now=start + timedelta(hours=7, minutes=1))
+    assert len(depletions()) == 2
+    stopped = wait_for(
+        lambda: (i := client.get(f"/v1/instances/{instance_id}", headers=headers).json())["state"] == "stopped" and i
+    )
+    assert stopped["state_reason"] == "balance_depleted"
+    with sessions() as session:
+        assert published.check_invariants(session) == []
