@@ -15,9 +15,10 @@ What is measured (see bench/README.md, "Metering tick"):
 - `baseline`: one bulk `UPDATE billing_meters SET charged_until = …, charged_units =
   charged_units + rate × 60` over all of them, in one statement (rolled back) — the floor
   for touching every meter once.
-- `tick`: `handlers.billing.metering.tick` exactly as the ticker runs it: per organization a
-  transaction (lock, meters, usage, ledger: post the hold, usage transfer, re-placed hold,
-  thresholds), then a second tick one interval later (steady state). Checked afterwards:
+- `tick`: `handlers.billing.metering.tick` exactly as the ticker runs it: groups of
+  organizations, a transaction each (lock, meters, usage, two ledger batches: post the
+  holds, usage transfers, re-placed holds; thresholds), then a second tick one interval
+  later (steady state). Checked afterwards:
   every organization charged exactly Σ floor(units/3600) differences, the ledger's
   invariants hold.
 Wall times, one process, one thread; the figures vary with the machine's load (the README

@@ -1055,7 +1055,7 @@ def due_organizations(session: Session) -> list[uuid.UUID]:
 # A group is charged in one transaction, in a fixed number of statements (charge_organizations).
 # Bigger groups mean fewer commits; but a group holds the platform accounts' row locks until
 # it commits, and a launch's hold waits for them: at 5,000 meters a group commits in about
-# 0.2 s (bench/README.md, "Metering tick").
+# 0.2–0.3 s (bench/README.md, "Metering tick").
 GROUP_METERS = 5000
 GROUP_ORGANIZATIONS = 100
 
