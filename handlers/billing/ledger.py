@@ -139,6 +139,13 @@ class TransferView:
 # --- accounts -------------------------------------------------------------------------------------
 
 
+def format_money(amount: int, currency: str) -> str:
+    """Minor units as a person reads them: (4250, "USD") → "42.50 USD". Every currency the
+    ledger accepts is taken to have two decimals (only USD is in use)."""
+    sign = "-" if amount < 0 else ""
+    return f"{sign}{abs(amount) // 100}.{abs(amount) % 100:02d} {currency}"
+
+
 def account_id(code: str, currency: str = CURRENCY) -> uuid.UUID:
     """The id an account with this code has (deterministic, so every process agrees)."""
     return uuid.uuid5(_NAMESPACE, f"account:{code}:{currency}")
@@ -548,7 +555,9 @@ class _Evaluation:
         dpe, dpo, _, cpo = self.totals[op.debit]
         if d.debits_must_not_exceed_credits and dpe + dpo + op.amount > cpo + d.credit_limit:
             available = cpo + d.credit_limit - dpe - dpo
-            raise InsufficientFunds(f"{op.amount} {d.currency} needed, {max(available, 0)} available")
+            raise InsufficientFunds(
+                f"{format_money(op.amount, d.currency)} needed, {format_money(max(available, 0), d.currency)} available"
+            )
         debit_column, credit_column = (0, 2) if op.pending else (1, 3)
         self._check_room(op.debit, d, debit_column, op.amount)
         self._check_room(op.credit, c, credit_column, op.amount)

@@ -359,8 +359,8 @@ def apply_event(session: Session, event: Any, *, provider: str, settings: Settin
         raise WebhookRejected(f"Event {event.id} is about top-up {top_up_id}, which does not exist.")
     if event.data.amount != top_up.amount or event.data.currency != top_up.currency:
         raise WebhookRejected(
-            f"Event {event.id} reports {event.data.amount} {event.data.currency}; "
-            f"top-up {top_up_id} is {top_up.amount} {top_up.currency}."
+            f"Event {event.id} reports {ledger.format_money(event.data.amount, event.data.currency)}; "
+            f"top-up {top_up_id} is {ledger.format_money(top_up.amount, top_up.currency)}."
         )
     if top_up.status == "requires_confirmation":
         raise InvalidState(f"Top-up {top_up_id} has not been confirmed; an outcome cannot precede it.")
@@ -406,10 +406,14 @@ def create_refund(
         raise InvalidState(f"Only a succeeded top-up can be refunded; this one is {top_up.status}.")
     remaining = top_up.amount - top_up.amount_refunded
     wanted = remaining if amount is None else amount
+
+    def money(minor: int) -> str:
+        return ledger.format_money(minor, top_up.currency)
+
     if wanted <= 0 or wanted > remaining:
         raise Conflict(
-            f"The top-up was {top_up.amount} {top_up.currency} of which {top_up.amount_refunded} is refunded "
-            f"already: at most {remaining} can be refunded.",
+            f"The top-up was {money(top_up.amount)} of which {money(top_up.amount_refunded)} is refunded "
+            f"already: at most {money(remaining)} can be refunded.",
             slug="refund-exceeds-top-up",
         )
     wallet = ledger.account_id(f"org:{organization_id}:wallet", top_up.currency)
@@ -420,7 +424,7 @@ def create_refund(
     spendable = held.credits_posted - held.debits_posted - held.debits_pending
     if wanted > spendable:
         raise Conflict(
-            f"The wallet holds {max(spendable, 0)} {top_up.currency} that can be refunded; {wanted} was asked.",
+            f"The wallet holds {money(max(spendable, 0))} that can be refunded; {money(wanted)} was asked.",
             slug="insufficient-funds",
         )
     refund_id = uuid.uuid4()

@@ -65,9 +65,7 @@ def hold_amount(price_per_hour: int, seconds: int) -> int:
     return -(-price_per_hour * seconds // 3600)
 
 
-def money(amount: int, currency: str) -> str:
-    sign = "-" if amount < 0 else ""
-    return f"{sign}{abs(amount) // 100}.{abs(amount) % 100:02d} {currency}"
+money = billing.format_money
 
 
 def _hold_id(action_id: uuid.UUID, n: int) -> uuid.UUID:

@@ -183,6 +183,7 @@ def test_refunds_are_partial_and_bounded(payments: Payments) -> None:
     assert (first.json()["amount"], first.json()["balance_after"]) == (1000, 4000)
     too_much = _post(payments, path, {"amount": 4001})
     assert too_much.status_code == 409 and too_much.json()["type"] == PROBLEMS + "refund-exceeds-top-up"
+    assert "was 50.00 USD of which 10.00 USD is refunded already: at most 40.00 USD" in too_much.json()["detail"]
     rest = _post(payments, path, {})  # no amount: everything not refunded yet
     assert rest.status_code == 201 and rest.json()["amount"] == 4000 and rest.json()["balance_after"] == 0
     assert _post(payments, path, {"amount": 1}).status_code == 409
@@ -199,6 +200,7 @@ def test_spent_credits_cannot_be_refunded(payments: Payments) -> None:
     path = f"/v1/top-ups/{top_up['id']}/refunds"
     refused = _post(payments, path, {"amount": 2001})
     assert refused.status_code == 409 and refused.json()["type"] == PROBLEMS + "insufficient-funds"
+    assert "holds 20.00 USD that can be refunded; 20.01 USD was asked" in refused.json()["detail"]
     assert _post(payments, path, {"amount": 2000}).status_code == 201
     assert payments.balance() == 0
 
