@@ -49,6 +49,21 @@ def client(engine: Engine, make_settings: Callable[..., Any], cheap_passwords: N
     configuration.configure(make_settings())
 
 
+LAUNCH = {"name": "web-1", "region": "fra1", "instance_type": "cpu-2", "image": "ubuntu-24.04"}
+
+
+def _sign_up_and_launch(client: Any) -> tuple[dict[str, str], uuid.UUID, str]:
+    """A new tenant (with the signup credit) and its launched cpu-2: (headers, organization, instance id)."""
+    body = client.post(
+        "/v1/signup",
+        json={"email": f"o-{uuid.uuid4().hex[:8]}@example.com", "password": PASSWORD, "organization": "Acme"},
+    ).json()
+    headers = {"Authorization": f"Bearer {body['secret']}"}
+    created = client.post("/v1/instances", headers=headers, json=LAUNCH)
+    assert created.status_code == 202, created.text
+    return headers, uuid.UUID(body["organization"]["id"]), created.json()["instance"]["id"]
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 15.0) -> Any:
     deadline = time.monotonic() + timeout
     while not (value := predicate()):
@@ -61,16 +76,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0) -> Any:
 def test_credit_runs_out_and_the_instance_is_stopped_with_a_reason(
     client: Any, engine: Engine, make_settings: Callable[..., Any]
 ) -> None:
-    body = client.post(
-        "/v1/signup",
-        json={"email": f"o-{uuid.uuid4().hex[:8]}@example.com", "password": PASSWORD, "organization": "Acme"},
-    ).json()
-    headers = {"Authorization": f"Bearer {body['secret']}"}
-    org = uuid.UUID(body["organization"]["id"])
-    launch = {"name": "web-1", "region": "fra1", "instance_type": "cpu-2", "image": "ubuntu-24.04"}
-    created = client.post("/v1/instances", headers=headers, json=launch)
-    assert created.status_code == 202, created.text
-    instance_id = created.json()["instance"]["id"]
+    headers, org, instance_id = _sign_up_and_launch(client)
     wait_for(lambda: client.get(f"/v1/instances/{instance_id}", headers=headers).json()["state"] == "running")
     sessions = sessionmaker(engine, expire_on_commit=False)
     settings = make_settings(billing_signup_credit=20, billing_tick_seconds=60)
@@ -95,7 +101,7 @@ def test_credit_runs_out_and_the_instance_is_stopped_with_a_reason(
     # Without credit, neither a start nor a launch is accepted: a 402 saying what it needs.
     for response in (
         client.post(f"/v1/instances/{instance_id}/actions", headers=headers, json={"type": "start"}),
-        client.post("/v1/instances", headers=headers, json={**launch, "name": "web-2"}),
+        client.post("/v1/instances", headers=headers, json={**LAUNCH, "name": "web-2"}),
     ):
         assert response.status_code == 402, response.text
         assert response.headers["content-type"].startswith(PROBLEM)
@@ -134,14 +140,7 @@ def test_an_instance_mid_action_when_credit_runs_out_is_stopped_once_the_action_
     from hangar.outbox import OutboxEvent
 
     client = slow_client
-    body = client.post(
-        "/v1/signup",
-        json={"email": f"o-{uuid.uuid4().hex[:8]}@example.com", "password": PASSWORD, "organization": "Acme"},
-    ).json()
-    headers = {"Authorization": f"Bearer {body['secret']}"}
-    org = uuid.UUID(body["organization"]["id"])
-    launch = {"name": "web-1", "region": "fra1", "instance_type": "cpu-2", "image": "ubuntu-24.04"}
-    instance_id = client.post("/v1/instances", headers=headers, json=launch).json()["instance"]["id"]
+    headers, org, instance_id = _sign_up_and_launch(client)
 
     def state() -> str:
         return str(client.get(f"/v1/instances/{instance_id}", headers=headers).json()["state"])
