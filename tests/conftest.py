@@ -192,13 +192,13 @@ def make_settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -
             "sim_delay_ms": 30,
             "saga_poll_seconds": 0.02,
             "instances_dir": tmp_path_factory.mktemp("instances"),
-            # payments (helper C): a known webhook secret and a short sandbox delay
+            # payments: a known webhook secret and a short sandbox delay
             "payments_webhook_secrets": (PAYMENTS_WEBHOOK_SECRET,),
             "payments_sandbox_delay_ms": 50,
             # Launches need credit (a hold per create/start): plenty, so tests that are not
             # about billing never meet a 402. Billing's own tests pass 0 and top up.
             "billing_signup_credit": 10_000_000,
-            # storage (helper E): the sim volume driver and its runner as quick as the saga
+            # storage: the sim volume driver and its runner as quick as the saga
             "storage_sim_delay_ms": 30,
             "storage_poll_seconds": 0.02,
         }
@@ -321,9 +321,9 @@ def start_server(database_url: str, log: Path, **env: str) -> LiveServer:
         "HANGAR_SIM_DELAY_MS": "50",
         "HANGAR_SAGA_POLL_SECONDS": "0.05",
         "HANGAR_INSTANCES_DIR": str(log.parent / "instances"),
-        "HANGAR_PAYMENTS_WEBHOOK_SECRETS": PAYMENTS_WEBHOOK_SECRET,  # payments (helper C)
+        "HANGAR_PAYMENTS_WEBHOOK_SECRETS": PAYMENTS_WEBHOOK_SECRET,  # payments
         "HANGAR_PAYMENTS_SANDBOX_DELAY_MS": "50",
-        "HANGAR_STORAGE_SIM_DELAY_MS": "50",  # storage (helper E)
+        "HANGAR_STORAGE_SIM_DELAY_MS": "50",  # storage
         "HANGAR_STORAGE_POLL_SECONDS": "0.05",
         # Credit for launches (billing holds one per create/start), like make_settings.
         "HANGAR_BILLING_SIGNUP_CREDIT": "10000000",

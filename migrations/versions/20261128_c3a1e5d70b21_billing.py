@@ -22,7 +22,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    # --- ledger and statements (helper A: handlers/billing/tables.py) ---
+    # --- ledger and statements (handlers/billing/tables.py) ---
     op.create_table(
         "ledger_accounts",
         sa.Column("id", sa.Uuid(), nullable=False),
@@ -153,9 +153,9 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("statement_id", "position", name=op.f("pk_billing_statement_lines")),
     )
-    # --- end of ledger and statements (helper A) ---
+    # --- end of ledger and statements ---
 
-    # --- metering (helper B: handlers/billing/metering_tables.py) ---
+    # --- metering (handlers/billing/metering_tables.py) ---
     op.create_table(
         "billing_meter_edges",
         sa.Column("id", sa.Uuid(), nullable=False),
@@ -222,11 +222,11 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("resource_id", "day", name=op.f("pk_billing_usage")),
     )
     op.create_index("ix_billing_usage_org_day", "billing_usage", ["organization_id", "day"], unique=False)
-    # --- end of metering (helper B) ---
+    # --- end of metering ---
 
 
 def downgrade() -> None:
-    # --- metering (helper B) ---
+    # --- metering ---
     op.drop_index("ix_billing_usage_org_day", table_name="billing_usage")
     op.drop_table("billing_usage")
     op.drop_index("ix_billing_meters_org", table_name="billing_meters")
@@ -235,8 +235,8 @@ def downgrade() -> None:
     op.drop_table("billing_metering_orgs")
     op.drop_index("ix_billing_meter_edges_resource_at", table_name="billing_meter_edges")
     op.drop_table("billing_meter_edges")
-    # --- end of metering (helper B) ---
-    # --- ledger and statements (helper A) ---
+    # --- end of metering ---
+    # --- ledger and statements ---
     op.drop_table("billing_statement_lines")
     op.drop_index("ix_billing_statements_list", table_name="billing_statements")
     op.drop_table("billing_statements")
@@ -247,4 +247,4 @@ def downgrade() -> None:
     op.drop_table("ledger_transfers")
     op.drop_index(op.f("ix_ledger_accounts_organization_id"), table_name="ledger_accounts")
     op.drop_table("ledger_accounts")
-    # --- end of ledger and statements (helper A) ---
+    # --- end of ledger and statements ---

@@ -250,7 +250,7 @@ class Harness:
             self._wait_for_the_action_in_flight(str((case.path_parameters or {}).get("instanceId")))
 
     def _sign_like_the_provider(self, case: schemathesis.Case) -> None:
-        """payments (helper C): the sandbox provider signs what it sends (its one credential).
+        """payments: the sandbox provider signs what it sends (its one credential).
         The signature is over the bytes the transport will send: `requests` encodes `json=`
         with json.dumps' defaults. The generated event names no real top-up, so the server
         answers the documented 422 `webhook-event-rejected` — after the signature check."""

@@ -72,10 +72,10 @@ def contract_settings(database_url: str, instances_dir: Path) -> Settings:
         quota_vcpus=HIGH_QUOTA_VCPUS,
         quota_gpus=HIGH_QUOTA_GPUS,
         billing_signup_credit=10_000_000,  # launches need credit (a billing hold each)
-        # payments (helper C): the suite's webhook secret (the stage signs webhooks with it)
+        # payments: the suite's webhook secret (the stage signs webhooks with it)
         payments_webhook_secrets=(PAYMENTS_WEBHOOK_SECRET,),
         payments_sandbox_delay_ms=20,
-        # terminal (helper D1): the stateful phase opens many sessions; the cap is not its subject.
+        # terminal: the stateful phase opens many sessions; the cap is not its subject.
         terminal_max_sessions_per_org=HIGH_LIMIT,
     )
 

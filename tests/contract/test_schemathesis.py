@@ -59,7 +59,7 @@ OPERATION_CONFIG: list[dict[str, Any]] = [
         # createHost: the region must exist and the zone be one of its zones; an inventory's
         #   reserved ≤ total, min_unit ≤ max_unit, …, each resource class once.
         # updateHostInventory: the same inventory rules, on the merged inventory.
-        # payments (helper C): createTopUp / createPaymentMethod: a generated card number is
+        # payments: createTopUp / createPaymentMethod: a generated card number is
         #   refused (Luhn, not a test card: 422), and so is a top-up naming neither or both of
         #   `card` and `payment_method`; receiveSandboxWebhook: a (signed) generated event names
         #   no real top-up (422 webhook-event-rejected) or one not yet confirmed (409).
@@ -84,7 +84,7 @@ OPERATION_CONFIG: list[dict[str, Any]] = [
     },
 ]
 
-# storage (helper E):
+# storage:
 # - createVolume: a snapshot_id must name an available snapshot of the caller's in the region,
 #   no larger than size_gib; createVolumeAction: attach needs instance_id, resize size_gib (422).
 # - A deleted volume (its delete is a 202 and a `delete` action) and a deleted snapshot stay
@@ -108,7 +108,7 @@ OPERATION_CONFIG += [
     },
 ]
 
-# billing: ledger (helper A): listUsage — `to` after `from`, at most 93 days apart (422
+# billing: ledger: listUsage — `to` after `from`, at most 93 days apart (422
 # invalid-range / range-too-long); JSON Schema cannot relate two parameters.
 OPERATION_CONFIG += [
     {
@@ -149,7 +149,7 @@ LINKED = {
     "provisioning": {"getInstance", "getAction", "listInstanceActions", "createInstanceAction", "terminateInstance"},
     "inventory": {"getHost", "drainHost", "updateHostInventory"},
 }
-# storage (helper E): createVolume → getVolume, getVolumeAction, listVolumeActions,
+# storage: createVolume → getVolume, getVolumeAction, listVolumeActions,
 # createVolumeAction, createSnapshot, deleteVolume; createSnapshot → getSnapshot, deleteSnapshot.
 LINKED["storage"] = {
     "getVolume",

@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hangar_client import waiters as payment_waiters  # payments (helper C)
+from hangar_client import waiters as payment_waiters  # payments
 from hangar_client.models import (
     Action,
     ActionList,
@@ -101,10 +101,10 @@ from hangar_client.models import (
 from hangar_client.types import UNSET, Response, Unset
 
 from generated.routing import OPERATIONS
-from handlers.payments import signing  # payments (helper C)
+from handlers.payments import signing  # payments
 from hangar.db import make_engine, make_session_factory
 from hangar.dispatch import HangarApp
-from tests.conftest import PAYMENTS_WEBHOOK_SECRET  # payments (helper C)
+from tests.conftest import PAYMENTS_WEBHOOK_SECRET  # payments
 
 from .coverage import COVERAGE
 from .sdk import WAIT_TIMEOUT, Sdk, Target
@@ -889,7 +889,7 @@ def _get_capacity_report(w: World) -> None:
     _problem(w.owner, 403, "getCapacityReport")
 
 
-# -- storage: volumes, volume actions, snapshots (helper E) -------------------------------------
+# -- storage: volumes, volume actions, snapshots -------------------------------------
 
 import hangar_client.models as sm  # noqa: E402 - storage's block keeps its imports with it
 from hangar_client import waiters as storage_waiters  # noqa: E402
@@ -1113,7 +1113,7 @@ def _delete_snapshot(w: World) -> None:
     _remove_volume(w, volume.id)
 
 
-# -- payments (helper C): payment methods, top-ups, refunds, the sandbox webhook -------------------
+# -- payments: payment methods, top-ups, refunds, the sandbox webhook -------------------
 
 GOOD_CARD, DECLINED_CARD = "4242424242424242", "4000000000000002"
 
@@ -1280,7 +1280,7 @@ def _receive_sandbox_webhook(w: World) -> None:
     assert bad.type_.endswith("/webhook-signature-invalid")
 
 
-# -- billing: ledger (helper A) -------------------------------------------------------------------
+# -- billing: ledger -------------------------------------------------------------------
 
 
 def _wallet_known(w: World) -> Any:
@@ -1422,7 +1422,7 @@ def _create_credit_adjustment(w: World) -> None:
     assert problem.type_.endswith("insufficient-funds")
 
 
-# --- terminal (helper D1) -------------------------------------------------------------------
+# --- terminal -------------------------------------------------------------------
 
 
 def _terminal_models() -> Any:

@@ -36,10 +36,10 @@ from starlette.testclient import TestClient
 from generated.routing import OPERATIONS, Operation
 from handlers.identity import keys
 from handlers.identity.tables import ApiKey
-from handlers.payments import signing  # payments (helper C)
+from handlers.payments import signing  # payments
 from hangar.db import utcnow
 from hangar.dispatch import HangarApp
-from tests.conftest import PAYMENTS_WEBHOOK_SECRET  # payments (helper C)
+from tests.conftest import PAYMENTS_WEBHOOK_SECRET  # payments
 
 from .support import (
     PASSWORD,
@@ -124,7 +124,7 @@ class Party:
         return running_instance(self.http, self.tenant.headers, name=f"i-{uuid.uuid4().hex[:12]}")
 
     def terminal_session(self) -> str:
-        """A fresh terminal session (pending) into a fresh running instance (terminal, helper D1)."""
+        """A fresh terminal session (pending) into a fresh running instance (terminal)."""
         instance_id = str(self.launch()["instance"]["id"])
         response = self.http.post(
             f"/v1/instances/{instance_id}/terminal-sessions", json={}, headers=self.tenant.headers
@@ -154,7 +154,7 @@ PROVISION: dict[str, Callable[[Party], str]] = {
     "hostId": lambda party: party.host(),
     # Every host party.host() makes has a VCPU inventory (the example's).
     "resourceClass": lambda party: "VCPU",
-    # terminal (helper D1): a pending session into a fresh running instance.
+    # terminal: a pending session into a fresh running instance.
     "sessionId": lambda party: party.terminal_session(),
 }
 
@@ -203,7 +203,7 @@ def _request(
     missing = [name for name in _path_params(op) if name not in params]
     assert not missing, f"{op_id}: no value for path parameter(s) {missing}"
     path = op.path.format(**params)
-    if op_id in SIGNED:  # payments (helper C): the credential is a signature over the exact bytes
+    if op_id in SIGNED:  # payments: the credential is a signature over the exact bytes
         raw = json.dumps(body, separators=(",", ":")).encode()
         signed = {**headers, "Content-Type": "application/json", **SIGNED[op_id](raw)}
         return http.request(op.method, path, content=raw, headers=signed)
@@ -418,7 +418,7 @@ def test_the_same_request_with_the_right_key_succeeds(us: Party, op_id: str) -> 
     assert response.status_code == op.success_status, response.text
 
 
-# -- storage (helper E): volumes, their actions, snapshots ---------------------------------------
+# -- storage: volumes, their actions, snapshots ---------------------------------------
 
 
 def _storage_wait(party: Party, path: str, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
@@ -473,7 +473,7 @@ BODIES.update(
 )
 
 
-# -- billing: ledger (helper A) --------------------------------------------------------------------
+# -- billing: ledger --------------------------------------------------------------------
 
 
 def _statement_id(party: Party) -> str:
@@ -493,7 +493,7 @@ def _statement_id(party: Party) -> str:
 PROVISION.update({"statementId": _statement_id})
 
 
-# -- payments (helper C): payment methods, top-ups, refunds, the signed sandbox webhook ----------
+# -- payments: payment methods, top-ups, refunds, the signed sandbox webhook ----------
 
 GOOD_CARD = "4242424242424242"
 

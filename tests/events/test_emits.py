@@ -105,8 +105,8 @@ class World:
                 busy = session.scalar(
                     select(func.count()).select_from(Instance).where(Instance.state.in_(sorted(states.TRANSITIONAL)))
                 )
-                busy = (busy or 0) + _storage_busy(session)  # storage (helper E): volume/snapshot work
-                busy = (busy or 0) + _payments_busy(session)  # payments (helper C): webhooks the sandbox owes
+                busy = (busy or 0) + _storage_busy(session)  # storage: volume/snapshot work
+                busy = (busy or 0) + _payments_busy(session)  # payments: webhooks the sandbox owes
                 waiting = session.scalar(
                     select(func.count())
                     .select_from(OutboxEvent)
@@ -282,7 +282,7 @@ VARIANTS = [
 ]
 
 
-# -- storage (helper E): volumes and snapshots ----------------------------------------------------
+# -- storage: volumes and snapshots ----------------------------------------------------
 
 
 def _storage_busy(session: Session) -> int:
@@ -351,7 +351,7 @@ VARIANTS += [
 # --------------------------------------------------------------------------- the cases
 
 
-# -- payments (helper C): top-ups, refunds, the signed sandbox webhook -----------------------------
+# -- payments: top-ups, refunds, the signed sandbox webhook -----------------------------
 
 GOOD_CARD, DECLINED_CARD, FAILS_LATER_CARD = "4242424242424242", "4000000000000002", "4000000000000341"
 
@@ -563,7 +563,7 @@ def test_every_declared_event_was_observed(request: pytest.FixtureRequest) -> No
     assert every_event == sorted({event for _, event in OBSERVED}), "some declared event type was never observed"
 
 
-# --------------------------------------------------------------------------- billing: ledger (helper A)
+# --------------------------------------------------------------------------- billing: ledger
 
 
 def _operator_auth(w: World) -> dict[str, str]:
