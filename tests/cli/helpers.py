@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 HANGAR = Path(sys.executable).parent / "hangar"
+ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "correct-horse-battery-staple"
 # Settings from the developer's own shell must not leak into a test.
 SCRUBBED = ("HANGAR_API_KEY", "HANGAR_URL", "HANGAR_ORGANIZATION_ID", "HANGAR_CONFIG", "XDG_CONFIG_HOME")
@@ -42,3 +43,18 @@ def hangar(
         [str(HANGAR), *args], capture_output=True, text=True, env=environ, input=stdin, timeout=60, check=False
     )
     return Result(done.returncode, done.stdout, done.stderr)
+
+
+def load_sim_fleet(database_url: str, regions: list[str], *, hosts: int) -> None:
+    """The sim driver's hosts are not seeded: an operator loads them into the database
+    (`hangar-admin load-sim-fleet`, seed 1: the same fleet every time)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "hangar.admin", "load-sim-fleet", "--hosts", str(hosts), "--regions", ",".join(regions)],
+        cwd=ROOT,
+        env={**os.environ, "HANGAR_DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr

@@ -10,10 +10,7 @@ under a second (see `sim_environment`).
 from __future__ import annotations
 
 import json
-import os
 import stat
-import subprocess
-import sys
 import tomllib
 import uuid
 from collections.abc import Iterator
@@ -23,9 +20,7 @@ from typing import Any
 
 import pytest
 
-from .helpers import PASSWORD, Result, hangar
-
-ROOT = Path(__file__).resolve().parents[2]
+from .helpers import PASSWORD, Result, hangar, load_sim_fleet
 
 
 @dataclass
@@ -280,21 +275,6 @@ def test_another_tenants_resource_is_a_404(account: Account, live_server: Any, t
 # --- instances: --wait, `instances wait`, the verbs ------------------------------------------------------
 
 
-def _load_sim_fleet(live_server: Any, regions: list[str]) -> None:
-    """The sim driver's hosts are not seeded: an operator loads them into the database."""
-    command = [sys.executable, "-m", "hangar.admin", "load-sim-fleet", "--hosts", str(3 * len(regions))]
-    done = subprocess.run(
-        [*command, "--regions", ",".join(regions)],
-        cwd=ROOT,
-        env={**os.environ, "HANGAR_DATABASE_URL": live_server.database_url},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-
-
 def _launchable(account: Account) -> tuple[str, str, str]:
     """(region, instance type, image) for a CPU instance a host has room for now, from the catalogue."""
     images = [i for i in account.ok("images")["data"] if i["status"] == "active"]
@@ -307,7 +287,8 @@ def _launchable(account: Account) -> tuple[str, str, str]:
 
 
 def test_instance_lifecycle_waiting_for_every_action(account: Account, live_server: Any) -> None:
-    _load_sim_fleet(live_server, [r["slug"] for r in account.ok("regions")["data"]])
+    regions = [r["slug"] for r in account.ok("regions")["data"]]
+    load_sim_fleet(live_server.database_url, regions, hosts=3 * len(regions))
     region, kind, image = _launchable(account)
     wait = ("--wait", "--timeout", "60", "--output", "json")
 

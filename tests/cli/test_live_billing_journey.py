@@ -8,9 +8,6 @@ add up → nothing is left to refund. Every step is a `hangar` command and its e
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, LiveServer, start_server, stop_server
+from tests.conftest import LiveServer, start_server, stop_server
 
-from .helpers import PASSWORD, Result, hangar
+from .helpers import PASSWORD, Result, hangar, load_sim_fleet
 
 GOOD = "4242424242424242"
 GPU_LAUNCH = [
@@ -41,16 +38,7 @@ def server(databases: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         HANGAR_QUOTA_GPUS="16",
     )
     try:
-        fleet = subprocess.run(
-            [sys.executable, "-m", "hangar.admin", "load-sim-fleet", "--hosts", "5", "--regions", "fra1"],
-            cwd=ROOT,
-            env={**os.environ, "HANGAR_DATABASE_URL": live.database_url},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )  # five hosts in fra1, one of them an 8 × H100 box (the fleet of seed 1)
-        assert fleet.returncode == 0, fleet.stderr
+        load_sim_fleet(live.database_url, ["fra1"], hosts=5)  # one of the five is an 8 × H100 box
         yield live
     finally:
         stop_server(live)
