@@ -435,23 +435,6 @@ def _ids(organization_id: uuid.UUID, seq: int, currency: str, kind: str) -> uuid
     return uuid.uuid5(_NS, f"charge:{organization_id}:{seq}:{currency}:{kind}")
 
 
-def charge_organization(
-    session: Session,
-    organization_id: uuid.UUID,
-    *,
-    now: datetime,
-    config: Settings,
-    skip_locked: bool = True,
-    fault: Callable[[str], None] | None = None,
-) -> OrgCharge | None:
-    """Lock and charge one organization (see charge_organizations); None when another
-    worker holds it."""
-    locked = lock_orgs(session, [organization_id], now=now, skip_locked=skip_locked)
-    if not locked:
-        return None
-    return charge_organizations(session, locked, now=now, config=config, fault=fault)[0]
-
-
 @dataclass
 class _Account:
     """One organization's money in one currency, while a group is charged."""

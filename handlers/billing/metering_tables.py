@@ -107,7 +107,7 @@ class MeteringOrg(Base):
     __tablename__ = "billing_metering_orgs"
 
     organization_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
-    # Bumped by every writer (compare-and-set on SQLite, like provisioning's locks.py).
+    # Bumped by every lock_orgs (a record of the locking; on SQLite its write is the lock).
     version: Mapped[int] = mapped_column(Integer)
     # Charge batches committed so far: the next batch's transfer ids derive from seq + 1.
     seq: Mapped[int] = mapped_column(BigInteger)

@@ -416,7 +416,7 @@ def create_refund(
             f"already: at most {money(remaining)} can be refunded.",
             slug="refund-exceeds-top-up",
         )
-    wallet = ledger.account_id(f"org:{organization_id}:wallet", top_up.currency)
+    wallet = ledger.account_id(ledger.wallet_code(organization_id), top_up.currency)
     clearing = ledger.platform_account(session, "psp_clearing", currency=top_up.currency, now=now)
     held = ledger.lock_accounts(session, [wallet, clearing])[wallet]
     # Credits already spent (or held for running work) cannot be refunded, and a refund never
