@@ -444,6 +444,7 @@ class _Account:
     wallet: uuid.UUID
     seq: int
     net: int = 0  # Σ the meters' deltas: > 0 to charge, < 0 to give back
+    owed: int = 0  # what the holds did not pay of a positive net (batch 1 sets it, batch 2 charges it)
     running: list[tuple[int, int]] = field(default_factory=list)  # (rate, period) per running meter
     shortfall: int = 0
 
@@ -860,7 +861,7 @@ def _settle_holds(
                     org,
                 )
             )
-        account.net = remaining if account.net > 0 else account.net  # what the balance still owes
+        account.owed = remaining
         if account.net < 0:
             back = -account.net
             to_uncollected = min(back, uncollected[org])
@@ -918,7 +919,7 @@ def _charge_balances(
         )
         revenue = published.account_id("platform:revenue", currency)
         available = balances[account.wallet].available
-        remaining = max(account.net, 0)
+        remaining = account.owed
         free = max(0, min(remaining, available))
         if free:
             operations.append(
